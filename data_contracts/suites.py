@@ -1,0 +1,100 @@
+"""Great Expectations suites, derived from the schemas in `schemas.py`.
+
+Suites are plain JSON-shaped dicts (`{"name", "expectations": [{"type", "kwargs"}]}`) so they can be
+read, diffed and dumped without importing Great Expectations; `tasks/validate.py` turns them into
+`gx.ExpectationSuite(**suite)` and runs them. Required columns come from the schema, so a column
+added there is checked here without a second edit.
+
+Vector checks run on derived columns the validator adds to the frame before validation:
+`vector_dim` (length), `vector_norm` (L2 norm) and `vector_finite` (no NaN/inf).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data_contracts.schemas import (
+    CHUNK_COLUMNS,
+    DOCUMENT_COLUMNS,
+    DOCUMENT_STATUSES,
+    FORMATS,
+    Column,
+)
+
+Suite = dict[str, Any]
+
+# Unit norm within float32 rounding of a normalised embedding.
+NORM_TOLERANCE = 1e-3
+
+
+def _expect(type_: str, **kwargs: Any) -> dict[str, Any]:
+    return {"type": type_, "kwargs": kwargs}
+
+
+def _when(column: str, value: str) -> dict[str, Any]:
+    """GX 1.x row condition `column == value`, in its JSON form."""
+    return {"type": "comparison", "column": {"name": column}, "operator": "==", "parameter": value}
+
+
+def _required(columns: tuple[Column, ...]) -> list[dict[str, Any]]:
+    out = [_expect("expect_column_to_exist", column=c.name) for c in columns]
+    out += [_expect("expect_column_values_to_not_be_null", column=c.name) for c in columns if c.required]
+    return out
+
+
+def chunk_suite(dimension: int, max_tokens: int) -> Suite:
+    """Contract for chunk rows about to be written: text, token bounds, ids, vectors."""
+    expectations = _required(CHUNK_COLUMNS)
+    expectations += [
+        _expect("expect_column_value_lengths_to_be_between", column="text", min_value=1),
+        _expect("expect_column_value_lengths_to_be_between", column="doc_id", min_value=1),
+        _expect("expect_column_values_to_be_between", column="token_count", min_value=1, max_value=max_tokens),
+        _expect("expect_column_values_to_be_unique", column="chunk_id"),
+        _expect("expect_column_values_to_be_in_set", column="format", value_set=list(FORMATS)),
+        _expect("expect_column_values_to_be_between", column="page", min_value=1, mostly=1.0),
+        _expect("expect_column_values_to_be_between", column="ordinal", min_value=0),
+        _expect("expect_column_values_to_be_in_set", column="vector_dim", value_set=[dimension]),
+        _expect("expect_column_values_to_be_in_set", column="vector_finite", value_set=[True]),
+        _expect(
+            "expect_column_values_to_be_between",
+            column="vector_norm",
+            min_value=1.0 - NORM_TOLERANCE,
+            max_value=1.0 + NORM_TOLERANCE,
+        ),
+    ]
+    return {"name": "chunks", "expectations": expectations}
+
+
+def document_suite() -> Suite:
+    """Contract for document ledger rows: identity, status, quarantine reasons, counts."""
+    expectations = _required(DOCUMENT_COLUMNS)
+    expectations += [
+        _expect("expect_compound_columns_to_be_unique", column_list=["source_root", "doc_id"]),
+        _expect("expect_column_values_to_be_in_set", column="status", value_set=list(DOCUMENT_STATUSES)),
+        _expect("expect_column_values_to_be_between", column="byte_size", min_value=0),
+        _expect("expect_column_values_to_be_between", column="chunk_count", min_value=0),
+        # An ingested document has chunks and a format; a quarantined one says why.
+        _expect(
+            "expect_column_values_to_be_between",
+            column="chunk_count",
+            min_value=1,
+            row_condition=_when("status", "ingested"),
+        ),
+        _expect(
+            "expect_column_values_to_be_in_set",
+            column="format",
+            value_set=list(FORMATS),
+            row_condition=_when("status", "ingested"),
+        ),
+        _expect(
+            "expect_column_values_to_not_be_null",
+            column="reason",
+            row_condition=_when("status", "quarantined"),
+        ),
+        _expect(
+            "expect_column_values_to_not_be_null",
+            column="detail",
+            row_condition=_when("status", "quarantined"),
+        ),
+    ]
+    return {"name": "documents", "expectations": expectations}

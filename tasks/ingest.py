@@ -1,0 +1,266 @@
+"""The ingestion stages as plain functions: parse → chunk → vectors → rows.
+
+`flows/ingest.py` only wires these together; every function here runs and tests without Prefect.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from data_contracts.schemas import chunk_schema, document_schema
+from tasks import parse as parse_module
+from tasks.chunk import Chunk, chunk_document, chunk_ids, embed_text, sha256
+from tasks.config import Settings
+from tasks.embed import Embedder, embed_in_batches
+from tasks.progress import Advance
+from tasks.sandbox import ParseLimits, parse_many
+from tasks.sources import SourceFile, matches_any
+from tasks.store import ChunkStore
+
+
+@dataclass
+class DocumentResult:
+    """One file after parsing and chunking: chunks, or a quarantine reason."""
+
+    file: SourceFile
+    content_hash: str
+    title: str | None = None
+    format: str | None = None
+    pages: int | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    reason: str | None = None
+    detail: str | None = None
+    parse_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def pipeline_fingerprint(settings: Settings, embedder_fingerprint: str, max_tokens: int) -> str:
+    """Changes whenever re-processing could change a chunk: parser, chunker, embedder, limits, groups."""
+    ingest = settings.ingest
+    return sha256(
+        f"parser={getattr(parse_module, 'PARSER_VERSION', '1')}",
+        f"chunk={settings.chunking.model_dump_json()}",
+        f"embedder={embedder_fingerprint}|max={max_tokens}",
+        f"limits={ingest.parse_timeout_s}|{ingest.parse_memory_mb}|{ingest.max_file_mb}",
+        f"password={'set' if ingest.pdf_password else 'none'}",
+        f"groups={sorted((k, sorted(v)) for k, v in settings.ingest.access_groups.items())}",
+    )[:16]
+
+
+def parse_limits(settings: Settings) -> ParseLimits:
+    ingest = settings.ingest
+    return ParseLimits(
+        timeout_s=ingest.parse_timeout_s,
+        memory_mb=ingest.parse_memory_mb,
+        max_bytes=int(ingest.max_file_mb * 2**20),
+        pdf_password=ingest.pdf_password.get_secret_value() if ingest.pdf_password else None,
+    )
+
+
+def parsed_documents(
+    files: Sequence[tuple[SourceFile, str]],
+    embedder: Embedder,
+    settings: Settings,
+    on_progress: Advance | None = None,
+) -> list[DocumentResult]:
+    """Parse (sandboxed) and chunk a group of files; bad files come back quarantined, never raised."""
+    by_path = {f.path: (f, digest) for f, digest in files}
+    results: list[DocumentResult] = []
+    chunking = settings.chunking
+    for outcome in parse_many([f.path for f, _ in files], parse_limits(settings), workers=settings.ingest.parse_workers):
+        f, digest = by_path[outcome.path]
+        result = DocumentResult(file=f, content_hash=digest, parse_seconds=outcome.seconds)
+        doc = outcome.document
+        if doc is None:
+            result.reason, result.detail = outcome.reason or "unreadable", outcome.detail or "the parser failed"
+        else:
+            result.title, result.format = doc.title, doc.format
+            pages = [s.page for s in doc.sections if s.page is not None]
+            result.pages = max(pages) if pages else None
+            result.chunks = chunk_document(
+                doc,
+                embedder.tokenizer,
+                size=chunking.size,
+                overlap=chunking.overlap,
+                max_tokens=embedder.max_tokens,
+                context_max_tokens=chunking.context_max_tokens,
+            )
+            if not result.chunks:
+                result.reason, result.detail = "no_text", "the file has no extractable text"
+        results.append(result)
+        if on_progress:
+            on_progress(1)
+    return results
+
+
+def embed_hashes(embedder: Embedder, chunks: Sequence[Chunk]) -> list[str]:
+    return [sha256(embedder.fingerprint, c.embed_text) for c in chunks]
+
+
+@dataclass
+class Vectors:
+    """Vectors by embed hash, and the texts still to embed (unique, by hash)."""
+
+    by_hash: dict[str, np.ndarray]
+    todo: dict[str, str]
+    reused: int  # chunks whose vector was already stored
+
+
+def stored_vectors(chunks: Sequence[Chunk], embedder: Embedder, store: ChunkStore) -> Vectors:
+    """Reuse vectors by text hash + embedder fingerprint: committed chunks, or the spool of a crashed run."""
+    hashes = embed_hashes(embedder, chunks)
+    by_hash = store.vectors_for(hashes)
+    todo = {h: c.embed_text for h, c in zip(hashes, chunks) if h not in by_hash}
+    return Vectors(by_hash=by_hash, todo=todo, reused=sum(1 for h in hashes if h in by_hash))
+
+
+def embed_missing(
+    vectors: Vectors,
+    embedder: Embedder,
+    store: ChunkStore,
+    batch_size: int = 256,
+    on_progress: Advance | None = None,
+) -> int:
+    """Embed the texts in `vectors.todo`; returns how many were embedded.
+
+    Each batch is spooled to the store before the next, so a crash loses at most one batch and
+    the rerun resumes where this one stopped.
+    """
+    keys = list(vectors.todo)
+    for start in range(0, len(keys), batch_size):
+        part = keys[start : start + batch_size]
+        embedded = embed_in_batches(embedder, [vectors.todo[h] for h in part], batch_size=batch_size)
+        store.spool(part, embedded)
+        vectors.by_hash.update(zip(part, embedded))
+        if on_progress:
+            on_progress(len(part))
+    return len(keys)
+
+
+def access_groups(doc_id: str, mapping: dict[str, list[str]]) -> list[str]:
+    """Groups allowed to read a document: the union over every glob that matches its path."""
+    groups: set[str] = set()
+    for pattern, names in mapping.items():
+        if matches_any(doc_id, [pattern]):
+            groups.update(names)
+    return sorted(groups)
+
+
+def _ts(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+def chunk_rows(
+    results: Sequence[DocumentResult],
+    vectors: Vectors,
+    embedder: Embedder,
+    source_root: str,
+    pipeline: str,
+    groups: dict[str, list[str]],
+) -> pa.Table:
+    """Arrow rows for the chunk table, in its declared schema."""
+    now = datetime.now(timezone.utc)
+    columns: dict[str, list[Any]] = {name: [] for name in chunk_schema(embedder.dimension).names}
+    for r in results:
+        if not r.ok:
+            continue
+        doc_groups = access_groups(r.file.doc_id, groups)
+        hashes = embed_hashes(embedder, r.chunks)
+        for chunk, cid, h in zip(r.chunks, chunk_ids(source_root, r.file.doc_id, r.chunks), hashes):
+            columns["chunk_id"].append(cid)
+            columns["doc_id"].append(r.file.doc_id)
+            columns["source_root"].append(source_root)
+            columns["source_path"].append(str(r.file.path))
+            columns["title"].append(r.title or r.file.path.stem)
+            columns["format"].append(r.format)
+            columns["page"].append(chunk.page)
+            columns["heading_path"].append(list(chunk.heading_path))
+            columns["ordinal"].append(chunk.ordinal)
+            columns["text"].append(chunk.text)
+            columns["token_count"].append(chunk.token_count)
+            columns["text_hash"].append(sha256(chunk.text))
+            columns["embed_hash"].append(h)
+            columns["pipeline"].append(pipeline)
+            columns["groups"].append(doc_groups)
+            columns["doc_modified_at"].append(_ts(r.file.mtime_ns))
+            columns["ingested_at"].append(now)
+            columns["vector"].append(vectors.by_hash[h])
+    schema = chunk_schema(embedder.dimension)
+    dim = embedder.dimension
+    flat = np.concatenate(columns.pop("vector")).astype(np.float32) if columns["chunk_id"] else np.zeros(0, np.float32)
+    arrays = [pa.array(columns[f.name], type=f.type) for f in schema if f.name != "vector"]
+    arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def ledger_rows(
+    results: Sequence[DocumentResult],
+    touched: Sequence[tuple[SourceFile, str]],
+    previous: dict[str, dict[str, Any]],
+    source_root: str,
+    pipeline: str,
+) -> pa.Table:
+    """Ledger rows for every file this run looked at: parsed, quarantined, or only touched.
+
+    A changed file that is now quarantined keeps its previous chunks (the last good version stays
+    searchable) and its chunk count says so.
+    """
+    now = datetime.now(timezone.utc)
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        prev = previous.get(r.file.doc_id) or {}
+        rows.append(
+            {
+                "doc_id": r.file.doc_id,
+                "source_root": source_root,
+                "source_path": str(r.file.path),
+                "title": r.title if r.ok else prev.get("title"),
+                "format": r.format if r.ok else prev.get("format"),
+                "status": "ingested" if r.ok else "quarantined",
+                "reason": r.reason,
+                "detail": r.detail,
+                "modified_at": _ts(r.file.mtime_ns),
+                "mtime_ns": r.file.mtime_ns,
+                "byte_size": r.file.size,
+                "content_hash": r.content_hash,
+                "pages": r.pages if r.ok else prev.get("pages"),
+                "chunk_count": len(r.chunks) if r.ok else int(prev.get("chunk_count") or 0),
+                "pipeline": pipeline,
+                "ingested_at": now,
+            }
+        )
+    for f, digest in touched:
+        prev = dict(previous[f.doc_id])
+        prev.update(modified_at=_ts(f.mtime_ns), mtime_ns=f.mtime_ns, byte_size=f.size, content_hash=digest, ingested_at=now)
+        rows.append(prev)
+    return pa.Table.from_pylist(rows, schema=document_schema())
+
+
+class Timer:
+    """Accumulates seconds per stage for the run manifest."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> "_Stage":
+        return _Stage(self, stage)
+
+
+class _Stage:
+    def __init__(self, timer: Timer, stage: str):
+        self.timer, self.stage = timer, stage
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.seconds[self.stage] = self.timer.seconds.get(self.stage, 0.0) + time.perf_counter() - self.start

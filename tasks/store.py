@@ -1,0 +1,317 @@
+"""The LanceDB store: a chunk table and its document ledger.
+
+Writes are atomic per table: a run's chunk changes (upserts of changed documents and removal of
+their stale and deleted chunks) go in **one** `merge_insert` commit, so a failure before it leaves
+the previous version untouched, and the ledger is written after it. A crash between the two only
+makes the next run re-parse those files; chunk ids are deterministic, so the re-upsert creates no
+duplicates. Keep one writer per table: `writer_lock` serialises runs on the same home.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from data_contracts.schemas import chunk_schema, document_schema, vector_dimension
+
+log = logging.getLogger(__name__)
+
+_IN_BATCH = 500
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal for LanceDB filters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
+
+
+class StoreError(Exception):
+    """The store cannot be used as configured; the message says how to fix it."""
+
+
+@contextmanager
+def writer_lock(locks_dir: Path, table: str, wait_s: float = 600.0) -> Iterator[None]:
+    """One writer per table: a second ingest into the same table waits, then fails clearly."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    with open(locks_dir / f"{table}.lock", "w") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"another run is writing table {table!r} (lock {locks_dir / f'{table}.lock'}); "
+                        "wait for it to finish"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class IndexReport:
+    fts: str  # "created", "updated" or "unchanged"
+    vector: str  # "flat", "created", "updated"
+    ann_recall_at_10: float | None = None
+    seconds: float = 0.0
+
+
+class ChunkStore:
+    """The chunk table `name` and its ledger `name__documents` in the LanceDB at `uri`."""
+
+    def __init__(self, uri: Path | str, name: str):
+        import lancedb
+
+        self.uri = str(uri)
+        self.name = name
+        self.ledger_name = f"{name}__documents"
+        # Vectors embedded by a run that has not committed yet: a rerun after a crash reuses them.
+        self.spool_name = f"{name}__embedding_spool"
+        try:
+            self.db = lancedb.connect(self.uri)
+        except Exception as e:  # noqa: BLE001 - any connection failure is a store error for the user
+            raise StoreError(f"cannot open LanceDB at {self.uri}: {e}") from e
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _open(self, name: str) -> Any | None:
+        if name not in self.db.list_tables().tables:
+            return None
+        return self.db.open_table(name)
+
+    @property
+    def chunks(self) -> Any | None:
+        return self._open(self.name)
+
+    @property
+    def ledger_table(self) -> Any | None:
+        return self._open(self.ledger_name)
+
+    def check_dimension(self, dimension: int) -> None:
+        table = self.chunks
+        if table is not None and vector_dimension(table.schema) != dimension:
+            raise StoreError(
+                f"table {self.name!r} holds {vector_dimension(table.schema)}-d vectors but the configured "
+                f"embedder makes {dimension}-d ones: ingest into another table (--table) or restore the embedder"
+            )
+
+    def ledger(self, source_root: str) -> dict[str, dict[str, Any]]:
+        """Ledger rows of one source root, by doc_id."""
+        table = self.ledger_table
+        if table is None:
+            return {}
+        rows = table.search().where(f"source_root = {sql_str(source_root)}").limit(None).to_arrow()
+        return {r["doc_id"]: r for r in rows.to_pylist()}
+
+    def vectors_for(self, embed_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors by embed hash (committed chunks, then the spool of an interrupted run)."""
+        found = self._vectors_in(self.chunks, embed_hashes)
+        missing = [h for h in embed_hashes if h not in found]
+        if missing:
+            found.update(self._vectors_in(self._open(self.spool_name), missing))
+        return found
+
+    def spool(self, embed_hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Keep freshly embedded vectors until the run commits, so a crash does not waste them."""
+        # Non-finite vectors are not kept: the chunk contract rejects them and they must be re-embedded.
+        finite = np.isfinite(vectors).all(axis=1)
+        embed_hashes = [h for h, ok in zip(embed_hashes, finite) if ok]
+        vectors = vectors[finite]
+        if not embed_hashes:
+            return
+        dim = vectors.shape[1]
+        schema = pa.schema([pa.field("embed_hash", pa.string(), nullable=False), pa.field("vector", pa.list_(pa.float32(), dim))])
+        data = pa.table(
+            {
+                "embed_hash": pa.array(list(embed_hashes), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim),
+            },
+            schema=schema,
+        )
+        table = self._open(self.spool_name)
+        if table is not None and vector_dimension(table.schema) != dim:
+            self.db.drop_table(self.spool_name)
+            table = None
+        if table is None:
+            self.db.create_table(self.spool_name, data=data, exist_ok=False)
+        else:
+            table.add(data)
+
+    def clear_spool(self) -> None:
+        if self._open(self.spool_name) is not None:
+            self.db.drop_table(self.spool_name)
+
+    @staticmethod
+    def _vectors_in(table: Any | None, embed_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        if table is None or not embed_hashes:
+            return found
+        unique = sorted(set(embed_hashes))
+        for start in range(0, len(unique), _IN_BATCH):
+            part = unique[start : start + _IN_BATCH]
+            rows = (
+                table.search()
+                .where(sql_in("embed_hash", part))
+                .select(["embed_hash", "vector"])
+                .limit(None)
+                .to_arrow()
+            )
+            if rows.num_rows == 0:
+                continue
+            dim = rows.schema.field("vector").type.list_size
+            flat = rows.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            vectors = flat.reshape(rows.num_rows, dim).astype(np.float32)
+            for h, v in zip(rows.column("embed_hash").to_pylist(), vectors):
+                found[h] = v
+        return found
+
+    def chunk_counts(self, source_root: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        table = self.chunks
+        counts: dict[str, int] = {}
+        if table is None:
+            return counts
+        for start in range(0, len(doc_ids), _IN_BATCH):
+            part = doc_ids[start : start + _IN_BATCH]
+            rows = (
+                table.search()
+                .where(f"source_root = {sql_str(source_root)} AND {sql_in('doc_id', part)}")
+                .select(["doc_id"])
+                .limit(None)
+                .to_arrow()
+            )
+            for d in rows.column("doc_id").to_pylist():
+                counts[d] = counts.get(d, 0) + 1
+        return counts
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _ensure(self, name: str, schema: pa.Schema) -> Any:
+        table = self._open(name)
+        if table is None:
+            table = self.db.create_table(name, schema=schema, exist_ok=True)
+        return table
+
+    def replace_documents(self, rows: pa.Table, source_root: str, doc_ids: Sequence[str]) -> int:
+        """Make the chunks of `doc_ids` exactly `rows`, in one commit; returns the new table version.
+
+        Chunks of those documents that are not in `rows` (stale or deleted) are removed; rows with an
+        existing chunk_id are updated in place; the rest are inserted.
+        """
+        dimension = rows.schema.field("vector").type.list_size
+        table = self._ensure(self.name, chunk_schema(dimension))
+        if not doc_ids:
+            return table.version
+        rows = rows.select(table.schema.names).cast(table.schema)
+        scope = f"source_root = {sql_str(source_root)} AND {sql_in('doc_id', doc_ids)}"
+        (
+            table.merge_insert("chunk_id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(scope)
+            .execute(rows)
+        )
+        return table.version
+
+    def write_ledger(self, rows: pa.Table, source_root: str, deleted: Sequence[str]) -> int:
+        """Upsert ledger rows and drop the rows of deleted documents, in one commit."""
+        table = self._ensure(self.ledger_name, document_schema())
+        if rows.num_rows == 0 and not deleted:
+            return table.version
+        rows = rows.select(table.schema.names).cast(table.schema)
+        builder = table.merge_insert(["source_root", "doc_id"]).when_matched_update_all().when_not_matched_insert_all()
+        if deleted:
+            builder = builder.when_not_matched_by_source_delete(
+                f"source_root = {sql_str(source_root)} AND {sql_in('doc_id', deleted)}"
+            )
+        builder.execute(rows)
+        return table.version
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    def indexes_missing(self) -> bool:
+        table = self.chunks
+        return table is not None and not any(tuple(i.columns) == ("text",) for i in table.list_indices())
+
+    def maintain_indexes(self, ann_min_rows: int, ann_min_recall: float, keep_days: float) -> IndexReport:
+        """Keep the full-text index in sync, build an ANN index past `ann_min_rows`, compact old versions."""
+        from lancedb.index import FTS, IvfPq
+
+        start = time.perf_counter()
+        table = self.chunks
+        if table is None:
+            return IndexReport(fts="unchanged", vector="flat")
+        indices = {tuple(i.columns): i for i in table.list_indices()}
+        report = IndexReport(fts="updated", vector="flat")
+        if ("text",) not in indices:
+            table.create_index("text", config=FTS())
+            report.fts = "created"
+        rows = table.count_rows()
+        if ("vector",) not in indices and rows >= ann_min_rows:
+            dimension = vector_dimension(table.schema)
+            sub_vectors = max(1, dimension // 8) if dimension % 8 == 0 else 1
+            table.create_index(
+                "vector",
+                config=IvfPq(distance_type="cosine", num_partitions=max(1, int(math.sqrt(rows))), num_sub_vectors=sub_vectors),
+            )
+            report.vector = "created"
+            report.ann_recall_at_10 = self.ann_recall(table)
+            if report.ann_recall_at_10 < ann_min_recall:
+                log.warning(
+                    "ANN recall@10 %.3f is below %.2f: searches should use more probes or a refine factor",
+                    report.ann_recall_at_10,
+                    ann_min_recall,
+                )
+        elif ("vector",) in indices:
+            report.vector = "updated"
+        # Folds new rows into the indexes, compacts fragments, prunes versions past the retention.
+        table.optimize(cleanup_older_than=timedelta(days=keep_days))
+        report.seconds = time.perf_counter() - start
+        return report
+
+    @staticmethod
+    def ann_recall(table: Any, queries: int = 100, k: int = 10, nprobes: int = 20, refine: int = 5) -> float:
+        """Mean recall@k of the ANN index against exact search, on vectors sampled from the table."""
+        n = table.count_rows()
+        rng = np.random.default_rng(0)
+        picks = sorted(set(rng.integers(0, n, size=min(queries, n)).tolist()))
+        sample = table.search().select(["vector"]).limit(None).to_arrow().take(picks)
+        recalls = []
+        for vec in sample.column("vector").to_pylist():
+            approx = table.search(vec).distance_type("cosine").nprobes(nprobes).refine_factor(refine).limit(k)
+            exact = table.search(vec).distance_type("cosine").bypass_vector_index().limit(k)
+            a = set(approx.select(["chunk_id"]).to_arrow().column("chunk_id").to_pylist())
+            e = set(exact.select(["chunk_id"]).to_arrow().column("chunk_id").to_pylist())
+            recalls.append(len(a & e) / max(1, len(e)))
+        return float(np.mean(recalls)) if recalls else 1.0
+
+    def status(self) -> dict[str, Any]:
+        """Counts and versions for `ragtune status`."""
+        chunks, ledger = self.chunks, self.ledger_table
+        out: dict[str, Any] = {"table": self.name, "uri": self.uri, "exists": chunks is not None}
+        if chunks is not None:
+            out["chunks"] = chunks.count_rows()
+            out["chunk_table_version"] = chunks.version
+            out["dimension"] = vector_dimension(chunks.schema)
+            out["indexes"] = [{"name": i.name, "type": str(i.index_type), "columns": list(i.columns)} for i in chunks.list_indices()]
+        if ledger is not None:
+            out["documents"] = ledger.count_rows("status = 'ingested'")
+            out["quarantined"] = ledger.count_rows("status = 'quarantined'")
+            out["ledger_version"] = ledger.version
+        return out

@@ -1,0 +1,53 @@
+"""Shared test set-up: a private Prefect home, no analytics, no progress bars, fast fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect (it reads settings at import): a per-session home keeps test runs
+# from sharing a SQLite database ("database is locked") or touching the user's.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="ragtune-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ["RAGTUNE_PROGRESS"] = "0"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for key in [k for k in os.environ if k.startswith("RAGTUNE_") and k != "RAGTUNE_PROGRESS"]:
+    del os.environ[key]
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CORPUS = REPO / "demo" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The packaged MiniLM tokenizer (no model weights): real word-piece counts for chunking."""
+    from tasks.chunk import HFTokenizer
+    from tasks.config import PACKAGED_EMBEDDER
+    from tasks.models import load_tokenizer
+
+    return HFTokenizer(load_tokenizer(PACKAGED_EMBEDDER))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh RAGTUNE_HOME with the deterministic hashing embedder."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("RAGTUNE_HOME", str(h))
+    monkeypatch.setenv("RAGTUNE_EMBEDDER__MODEL", "hashing:32")
+    monkeypatch.chdir(tmp_path)
+    return h
+
+
+@pytest.fixture(scope="session")
+def prefect_engine():
+    """One real Prefect engine (temporary server + database) shared by every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

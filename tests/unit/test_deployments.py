@@ -1,0 +1,26 @@
+"""Every deployment in deployments/prefect.yaml points at an importable flow whose parameters validate."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_deployment_entrypoints_import_and_parameters_validate():
+    from prefect.flows import Flow
+
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    assert spec["deployments"]
+    for deployment in spec["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        module_spec = importlib.util.spec_from_file_location(f"_deploy_{name}", REPO / path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        flow = getattr(module, name)
+        assert isinstance(flow, Flow)
+        validated = flow.validate_parameters(deployment.get("parameters", {}))
+        assert set(validated) >= set(deployment.get("parameters", {}))
