@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -124,6 +125,104 @@ def status(
             f"+{c.added} ~{c.updated} -{c.deleted} ={c.unchanged}, {c.quarantined} quarantined, {c.chunks_embedded} embedded"
         )
     _emit(as_json, info, "\n".join(lines))
+
+
+GroupsOpt = typer.Option(None, "--groups", help="Your access groups, comma-separated (default: retrieval.groups).")
+
+
+def _groups(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [g for g in value.split(",") if g.strip()]
+
+
+def _hit_line(rank: int, hit: dict[str, Any]) -> str:
+    where = hit["doc_id"] + (f" p.{hit['page']}" if hit.get("page") else "")
+    section = " > ".join(hit.get("heading_path") or [])
+    snippet = " ".join(hit["text"].split())[:160]
+    return f"{rank:>2}. {hit['score']:.4f}  {where}" + (f"  [{section}]" if section else "") + f"\n      {snippet}"
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help="The question or keywords."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="JSONL file: search every `question` in it."),
+    k: Optional[int] = typer.Option(None, "--k", help="Results per query (default: retrieval.k)."),
+    groups: Optional[str] = GroupsOpt,
+    path_prefix: Optional[str] = typer.Option(None, "--path-prefix", help="Only documents under this path."),
+    formats: Optional[list[str]] = typer.Option(None, "--format", help="Only these formats (repeatable)."),
+    since: Optional[datetime] = typer.Option(None, "--since", help="Only documents modified since (YYYY-MM-DD)."),
+    table: Optional[str] = typer.Option(None, "--table"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Ranked chunks with scores and sources (hybrid dense + full-text search)."""
+    from tasks.config import load_settings
+    from tasks.resources import open_retriever, search_filters
+    from tasks.store import StoreError
+
+    if (query is None) == (queries is None):
+        _fail("give either a QUERY or --queries FILE.jsonl", code=2, as_json=as_json)
+    settings = load_settings(config)
+    try:
+        retriever = open_retriever(settings, table)
+    except StoreError as e:
+        _fail(str(e), as_json=as_json)
+    filters = search_filters(settings, _groups(groups), path_prefix, formats, since)
+    questions = [query] if query is not None else _read_questions(queries)
+    results = retriever.search_many(questions, k or settings.retrieval.k, filters)
+    for question, result in zip(questions, results):
+        payload = {
+            "query": question,
+            "fts_query": result.fts_query,
+            "hits": [h.public() for h in result.hits],
+            "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
+        }
+        human = f"{question}\n" + "\n".join(_hit_line(i, h) for i, h in enumerate(payload["hits"], 1))
+        _emit(as_json, payload, human)
+
+
+def _read_questions(path: Path) -> list[str]:
+    questions = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            questions.append(json.loads(line)["question"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            _fail(f"{path}:{n} is not a JSON object with a 'question' ({e})", code=2)
+    return questions
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="Your question."),
+    k: Optional[int] = typer.Option(None, "--k", help="Sources given to the model (default: retrieval.k)."),
+    groups: Optional[str] = GroupsOpt,
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="A LoRA adapter directory, or `none`."),
+    table: Optional[str] = typer.Option(None, "--table"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """A grounded answer with citations, or an honest "the documents don't answer this"."""
+    from tasks.config import load_settings
+    from tasks.resources import make_answerer, search_filters
+    from tasks.store import StoreError
+
+    settings = load_settings(config)
+    if k:
+        settings = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"k": k})})
+    try:
+        answerer = make_answerer(settings, table, adapter=None if adapter in (None, "none") else Path(adapter))
+    except StoreError as e:
+        _fail(str(e), as_json=as_json)
+    result = answerer.ask(question, search_filters(settings, _groups(groups))).as_dict()
+    lines = [result["answer"], ""]
+    for c in result["citations"] or result["closest_sources"]:
+        where = c["doc_id"] + (f", page {c['page']}" if c["page"] else "") + (f", {c['section']}" if c["section"] else "")
+        lines.append(f"[{c['n']}] {where}  (chunk {c['chunk_id'][:12]})")
+    if result["abstained"]:
+        lines.append(f"(abstained: {result['reason']})")
+    lines.append("timings: " + ", ".join(f"{k_} {v * 1000:.0f} ms" for k_, v in result["timings"].items()))
+    _emit(as_json, result, "\n".join(lines))
 
 
 @app.command("setup-models")

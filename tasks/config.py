@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -43,6 +43,24 @@ class GeneratorSettings(BaseModel):
         PACKAGED_GENERATOR,
         description="Causal LM: the packaged SmolLM2 GGUF, a Hugging Face id or a local path.",
     )
+    max_new_tokens: int = Field(80, ge=1, le=4096)
+    context_tokens: int = Field(1024, ge=64, description="Token budget for the packed sources in the prompt.")
+    batch_size: int = Field(8, ge=1, le=256, description="Questions generated together (left padding).")
+
+
+class RetrievalSettings(BaseModel):
+    k: int = Field(5, ge=1, le=100, description="Sources given to the generator.")
+    candidates: int = Field(50, ge=1, le=1000, description="Candidates taken from each side before fusion.")
+    fusion: Literal["rrf", "weighted", "dense", "fts"] = "rrf"
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(0.5, ge=0, le=1, description="Weight of the dense side in weighted fusion.")
+    reranker: str = Field("none", description="none, mmr, or cross-encoder:<path or hub id>.")
+    mmr_lambda: float = Field(0.7, ge=0, le=1)
+    groups: list[str] = Field(default_factory=list, description="Default access groups of the caller.")
+    min_dense: float = Field(
+        0.2, ge=-1, le=1, description="Abstain without generating when the best cosine similarity is below this."
+    )
+    min_support: float = Field(0.5, ge=0, le=1, description="Abstain when the answer's grounding support is below this.")
 
 
 class ChunkSettings(BaseModel):
@@ -100,6 +118,7 @@ class Settings(BaseSettings):
     progress: bool = Field(True, description="Show progress bars on stderr when it is a terminal.")
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     chunking: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)

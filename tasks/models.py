@@ -32,6 +32,13 @@ class ModelNotFound(Exception):
     """A configured model could not be located."""
 
 
+def _quiet() -> None:
+    """No weight-loading progress bars on stderr: ragtune reports its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def set_threads(threads: int) -> None:
     """Set torch's intra-op threads deliberately: on 2 cores, 2 threads collapse when anything else runs."""
     import torch
@@ -103,6 +110,7 @@ def resolve_embedder(model: str) -> EmbedderSource:
 def _sentence_transformer(location: str, local: bool) -> Any:
     from sentence_transformers import SentenceTransformer
 
+    _quiet()
     with _offline(local):
         return SentenceTransformer(location, device="cpu", local_files_only=local)
 
@@ -208,20 +216,28 @@ def resolve_generator(model: str, models_dir: Path) -> tuple[str, bool]:
     return model, False
 
 
-@functools.lru_cache(maxsize=2)
-def _causal_lm(location: str, local: bool) -> tuple[Any, Any]:
+@functools.lru_cache(maxsize=3)
+def _causal_lm(location: str, local: bool, adapter: str | None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet()
     with _offline(local):
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, local_files_only=local)
+    if adapter is not None:
+        # A fresh base per adapter: peft injects its layers into the model it wraps.
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelNotFound(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model, tokenizer
 
 
-def load_generator(model: str, models_dir: Path, threads: int = 1) -> tuple[Any, Any]:
-    """(model, tokenizer) of the configured causal LM, loaded once per process."""
+def load_generator(model: str, models_dir: Path, threads: int = 1, adapter: Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of the configured causal LM, with an optional LoRA adapter, loaded once per process."""
     set_threads(threads)
     location, local = resolve_generator(model, models_dir)
-    return _causal_lm(location, local)
+    return _causal_lm(location, local, str(Path(adapter).resolve()) if adapter else None)

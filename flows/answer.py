@@ -1,0 +1,113 @@
+"""The `answer` flow: a JSONL file of questions in, a JSONL file of grounded answers out, batched.
+
+    from flows.answer import answer; answer("demo/eval.jsonl", "answers.jsonl")
+
+Each output line has the `ragtune ask --json` fields (answer, abstained, citations, grounding,
+timings, ...) plus the input row's `id` when it has one. Used by the evaluation flow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import load_settings
+from tasks.resources import make_answerer, search_filters
+
+_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+BATCH = 32  # questions per task run: one batched embedding + generation per batch
+
+
+class BadQuestions(Exception):
+    """The questions file cannot be used; the message names the line."""
+
+
+@task(name="read-questions", **_TASK)
+def read_questions(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadQuestions(f"{path}:{n} is not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict) or not str(row.get("question", "")).strip():
+            raise BadQuestions(f"{path}:{n} has no non-empty 'question' field")
+        rows.append(row)
+    return rows
+
+
+@task(name="answer-batch", **_TASK)
+def answer_batch(answerer: Any, rows: list[dict[str, Any]], filters: Any) -> list[dict[str, Any]]:
+    answers = answerer.ask_many([r["question"] for r in rows], filters)
+    return [{"id": r.get("id"), **a.as_dict()} for r, a in zip(rows, answers)]
+
+
+@task(name="write-answers", **_TASK)
+def write_answers(answers: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for a in answers:
+            f.write(json.dumps(a, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)  # readers never see a half-written file
+    return path
+
+
+def summary_markdown(answers: list[dict[str, Any]], path: Path) -> str:
+    total = sum(sum(a["timings"].values()) for a in answers)
+    per_answer = [sum(a["timings"].values()) for a in answers]
+    abstained = sum(a["abstained"] for a in answers)
+    supports = [a["support"] for a in answers if a.get("support") is not None]
+    return "\n".join(
+        [
+            f"# Answers → `{path}`",
+            "",
+            "| questions | answered | abstained | mean support | p50 s/answer | p95 s/answer | total s |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {len(answers)} | {len(answers) - abstained} | {abstained} | "
+            f"{(np.mean(supports) if supports else float('nan')):.3f} | {np.percentile(per_answer, 50) if answers else 0:.2f} | "
+            f"{np.percentile(per_answer, 95) if answers else 0:.2f} | {total:.1f} |",
+        ]
+    )
+
+
+@flow(name="answer", log_prints=False)
+def answer(
+    questions_file: str,
+    output_file: str,
+    table: str | None = None,
+    groups: list[str] | None = None,
+    retrieval: bool = True,
+    adapter: str | None = None,
+    config_file: str | None = None,
+) -> dict[str, Any]:
+    """Answer every `question` in a JSONL file.
+
+    Args:
+        questions_file: JSONL with a `question` per line (other fields, e.g. `id`, are carried over).
+        output_file: where to write the answers (JSONL, written atomically).
+        table: chunk table (default from settings).
+        groups: the caller's access groups (default `retrieval.groups`).
+        retrieval: false answers closed-book (no documents), for comparison arms.
+        adapter: a LoRA adapter directory to load on the generator.
+        config_file: optional TOML settings file.
+    """
+    settings = load_settings(config_file)
+    rows = read_questions(Path(questions_file))
+    answerer = make_answerer(settings, table, retrieval=retrieval, adapter=Path(adapter) if adapter else None)
+    filters = search_filters(settings, groups)
+    answers: list[dict[str, Any]] = []
+    for start in range(0, len(rows), BATCH):
+        answers += answer_batch(answerer, rows[start : start + BATCH], filters)
+    out = write_answers(answers, Path(output_file))
+    create_markdown_artifact(key="answers", markdown=summary_markdown(answers, out), description=f"answers for {questions_file}")
+    return {"output": str(out), "questions": len(answers), "abstained": sum(a["abstained"] for a in answers)}

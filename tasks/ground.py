@@ -1,0 +1,303 @@
+"""Grounding: is each sentence of an answer supported by the retrieved sources?
+
+The default `LexicalSemanticScorer` combines two signals per answer sentence and source:
+- lexical: the weighted share of the sentence's content tokens that occur in the source. Numbers
+  and names are what small generators invent, so they weigh more than other words; stopwords and
+  meta words ("answer", "passage", "according") don't count at all;
+- semantic: the best cosine between the sentence and a window of the source (one sentence, or two
+  adjacent ones), not the whole source, whose vector is diluted by everything else it says.
+The two are combined by a logistic function whose weights and threshold were fitted on real data by
+`bench/grounding.py` (see `DEFAULT_*` below). Anything with the same `score` method, for example a
+trained classifier, can stand in for it (`GroundingScorer`).
+
+Refusals ("the documents don't say") claim nothing, so they are never reported as unsupported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from tasks.embed import Embedder
+
+# Fitted by `bench/grounding.py` (weighted logistic regression on HaluEval QA dev rows 0–3999, right vs
+# hallucinated answers, each example weighted so both classes weigh the same within every answer word
+# count: the fit cannot learn "short means right"). See bench/results/grounding-latest.md.
+DEFAULT_WEIGHTS = (-4.0, 5.0, 3.0)  # (bias, lexical, semantic)
+DEFAULT_THRESHOLD = 0.5
+NUMBER_WEIGHT = 3.0  # a wrong number or name is the typical hallucination; a wrong verb rarely is
+NAME_WEIGHT = 2.0
+
+_CITATION = re.compile(r"\s*\[(\d+(?:\s*[,;\-–]\s*\d+)*)\]")
+# A sentence ends at . ! ? (or an ellipsis), possibly followed by closing quotes/brackets and
+# citation markers, then whitespace and something that can start a sentence.
+_BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*(?:\s*\[\d+(?:\s*[,;\-–]\s*\d+)*\])*(?=\s+[\"'“‘(\[]?[A-Z0-9])")
+# Scraped sources often lose the space between paragraphs ("...century.First for Women is...").
+_JOINED = re.compile(r"(?<=[a-z]{2}[.!?])(?=[A-Z][a-z])")
+_BLOCK = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st mt vs e.g i.e al inc ltd co corp no nr fig figs approx ca cf dept est "
+    "jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k u.n p pp vol ed eds rev gen col lt sgt capt "
+    "op ch sec art para".split()
+)
+_TOKEN = re.compile(r"\w+(?:[.,'’]\w+)*")
+_STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are aren't as at be because been before being
+    below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down during
+    each either few for from further had hadn't has hasn't have haven't having he he'd he'll he's her here here's
+    hers herself him himself his how how's however i i'd i'll i'm i've if in into is isn't it it's its itself
+    just let's me more most mustn't my myself neither no nor not of off on once only or other ought our ours
+    ourselves out over own same shan't she she'd she'll she's should shouldn't so some such than that that's the
+    their theirs them themselves then there there's these they they'd they'll they're they've this those through
+    to too under until up very was wasn't we we'd we'll we're we've were weren't what what's when when's where
+    where's which while who who's whom why why's will with won't would wouldn't yes you you'd you'll you're
+    you've your yours yourself yourselves
+    one ones many much may might must shall also yet still even well like known called named whose
+    answer answers question passage passages context text document documents source sources information
+    according based provided given mentioned stated says said indeed correct specifically""".split()
+)
+_REFUSAL = re.compile(
+    r"\b(?:i|we)\s+(?:do not|don't|cannot|can't|could not|couldn't|am unable to|was unable to)\s+"
+    r"(?:know|find|answer|tell|determine|say|see)\b"
+    r"|\b(?:no|not enough|insufficient)\s+(?:relevant\s+)?(?:information|details?|mention|data)\b"
+    r"|\b(?:passages?|context|documents?|sources?|text|excerpts?)\s+(?:\w+\s+){0,3}?"
+    r"(?:does not|doesn't|do not|don't|did not|didn't|cannot|can't)\s+(?:\w+\s+){0,2}?"
+    r"(?:mention|say|state|contain|provide|answer|specify|include|give|cover|address)\b"
+    r"|\b(?:is|are|was|were)\s+not\s+(?:mentioned|stated|provided|specified|given|found|included|covered)\b"
+    r"|\bunable to (?:answer|find|determine)\b",
+    re.IGNORECASE,
+)
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_HEDGE_JOINERS = re.compile(r"\b(?:but|however|although|though|whereas)\b", re.IGNORECASE)
+
+
+# --- sentences ---------------------------------------------------------------------------------
+
+
+def _splits_here(text: str, start: int, end: int) -> bool:
+    """Whether the punctuation ending at `end` ends a sentence that began at `start`."""
+    before = _CITATION.sub("", text[start:end]).rstrip("\"'”’)] ")
+    word = re.search(r"([\w.]+)$", before)
+    if word is None:
+        return True
+    token = word.group(1).lower()
+    if token in _ABBREVIATIONS:
+        return False
+    if len(token) == 1 and token.isalpha():  # an initial: "J. R. R. Tolkien"
+        return False
+    if before.strip().isdigit():  # a list number: "1. Install ..."
+        return False
+    return True
+
+
+def _split(text: str, joined: bool = False) -> list[str]:
+    if joined:
+        text = _JOINED.sub(" ", text)
+    out: list[str] = []
+    for block in _BLOCK.split(text):
+        block = " ".join(block.split())
+        start = 0
+        for m in _BOUNDARY.finditer(block):
+            if _splits_here(block, start, m.start()):
+                out.append(block[start : m.end()].strip())
+                start = m.end()
+        out.append(block[start:].strip())
+    return [s for s in out if s]
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of an answer as written, citation markers kept with the sentence they follow.
+
+    Splits at sentence punctuation followed by a capital, a digit or a quote, and at paragraph
+    breaks and list items; not after abbreviations ("e.g.", "Dr.", "U.S."), initials or list numbers,
+    nor inside numbers and versions ("3.5 kg", "v4.2"). Use `strip_citations` for the text to score.
+    """
+    return _split(text)
+
+
+def strip_citations(sentence: str) -> tuple[str, tuple[int, ...]]:
+    """(sentence without its markers, the 0-based source indices it cites): "[1][3]" -> (0, 2), "[2-4]" -> (1, 2, 3)."""
+    cited: list[int] = []
+    for m in _CITATION.finditer(sentence):
+        for part in re.split(r"\s*[,;]\s*", m.group(1)):
+            if re.search(r"[\-–]", part):
+                lo, hi = (int(x) for x in re.split(r"\s*[\-–]\s*", part))
+                cited.extend(range(lo - 1, hi))
+            else:
+                cited.append(int(part) - 1)
+    clean = _LIST_MARKER.sub("", _CITATION.sub("", sentence))  # a list number is not a claimed number
+    clean = re.sub(r"\s+([.!?,;:])", r"\1", clean)  # "fact [1]." -> "fact."
+    return " ".join(clean.split()), tuple(dict.fromkeys(i for i in cited if i >= 0))
+
+
+def source_windows(source: str) -> list[str]:
+    """The pieces of a source a sentence is compared with: each sentence, and each pair of adjacent ones.
+
+    Pairs because one answer sentence often joins two facts that the source states in a row.
+    """
+    sentences = _split(source, joined=True)
+    return sentences + [f"{a} {b}" for a, b in zip(sentences, sentences[1:])]
+
+
+def is_refusal(sentence: str) -> bool:
+    """Whether a sentence only says the sources don't answer (and so claims nothing to check).
+
+    A sentence that also goes on with "but ..." may carry a claim, so it is not a refusal.
+    """
+    return bool(_REFUSAL.search(sentence)) and not _HEDGE_JOINERS.search(sentence)
+
+
+# --- lexical support ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Token:
+    key: str  # normalised form that is matched
+    weight: float
+
+
+def _normalise(token: str) -> str:
+    t = token.lower().replace("’", "'")
+    if re.search(r"\d", t):
+        return re.sub(r"(?<=\d),(?=\d{3})", "", t)  # "1,500" == "1500"
+    if t.endswith("'s"):
+        t = t[:-2]
+    if len(t) > 3 and t.endswith("s") and not t.endswith("ss"):
+        t = t[:-1]  # plural: "stays" == "stay"; cheap and good enough for matching
+    return t
+
+
+def content_tokens(text: str, number_weight: float = NUMBER_WEIGHT, name_weight: float = NAME_WEIGHT) -> list[_Token]:
+    """The tokens of `text` that carry a claim, each with its weight; stopwords and meta words are dropped.
+
+    A capitalised token counts as a name unless it opens the sentence, where capitals say nothing.
+    """
+    out = []
+    for i, m in enumerate(_TOKEN.finditer(text)):
+        raw = m.group(0)
+        low = raw.lower().replace("’", "'")
+        if low in _STOPWORDS or (len(low) == 1 and not low.isdigit()):
+            continue
+        if any(c.isdigit() for c in raw):
+            weight = number_weight
+        elif (raw[0].isupper() and i > 0) or any(c.isupper() for c in raw[1:]):
+            weight = name_weight
+        else:
+            weight = 1.0
+        out.append(_Token(_normalise(raw), weight))
+    return out
+
+
+def vocabulary(text: str) -> frozenset[str]:
+    """The normalised tokens of a source, for `lexical_support`."""
+    return frozenset(_normalise(m.group(0)) for m in _TOKEN.finditer(text))
+
+
+def lexical_support(tokens: Sequence[_Token], vocabulary: frozenset[str]) -> float:
+    """Weighted share of `tokens` found in `vocabulary`; 1.0 when there is nothing to check."""
+    total = sum(t.weight for t in tokens)
+    if total == 0:
+        return 1.0
+    return sum(t.weight for t in tokens if t.key in vocabulary) / total
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentenceSupport:
+    sentence: str  # without citation markers
+    score: float  # support in [0, 1]
+    supported: bool  # score >= threshold (always True for a refusal)
+    source: int | None  # 0-based index of the best-supporting source
+    lexical: float  # the component scores, for explanations
+    semantic: float
+    citations: tuple[int, ...] = ()  # 0-based sources the sentence cited
+    refusal: bool = False  # says the sources don't answer: claims nothing, excluded from `answer_support`
+
+
+class GroundingScorer(Protocol):
+    def score(self, answer: str, sources: Sequence[str]) -> list[SentenceSupport]:
+        """One `SentenceSupport` per sentence of `answer`, judged against `sources`."""
+
+
+class LexicalSemanticScorer:
+    """Logistic combination of lexical overlap and windowed embedding similarity (see the module docstring)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        weights: tuple[float, float, float] = DEFAULT_WEIGHTS,
+        threshold: float = DEFAULT_THRESHOLD,
+        number_weight: float = NUMBER_WEIGHT,
+        name_weight: float = NAME_WEIGHT,
+    ):
+        self.embedder = embedder
+        self.weights = weights
+        self.threshold = threshold
+        self.number_weight = number_weight
+        self.name_weight = name_weight
+
+    def combine(self, lexical: np.ndarray | float, semantic: np.ndarray | float) -> np.ndarray:
+        """The support score in (0, 1) for component scores (vectorised)."""
+        b, wl, ws = self.weights
+        z = b + wl * np.asarray(lexical, dtype=np.float64) + ws * np.asarray(semantic, dtype=np.float64)
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def score(self, answer: str, sources: Sequence[str]) -> list[SentenceSupport]:
+        """One `SentenceSupport` per answer sentence; an empty answer gives an empty list.
+
+        With no sources nothing is supported (score 0, source None), except refusals.
+        """
+        sentences = [strip_citations(s) for s in split_sentences(answer)]
+        sentences = [(s, c) for s, c in sentences if s]
+        if not sentences:
+            return []
+        refusals = [is_refusal(s) for s, _ in sentences]
+        claims = [i for i, r in enumerate(refusals) if not r]
+        sources = [s for s in sources]
+        windows = [source_windows(s) for s in sources]
+        owner = np.array([j for j, w in enumerate(windows) for _ in w], dtype=np.int64)
+        flat = [w for ws in windows for w in ws]
+
+        lexical = np.zeros((len(sentences), len(sources)))
+        semantic = np.zeros((len(sentences), len(sources)))
+        if claims and flat:
+            vectors = self.embedder.embed([sentences[i][0] for i in claims] + flat)
+            sims = np.clip(vectors[: len(claims)] @ vectors[len(claims) :].T, 0.0, 1.0)
+            vocabularies = [vocabulary(s) for s in sources]
+            for row, i in enumerate(claims):
+                tokens = content_tokens(sentences[i][0], self.number_weight, self.name_weight)
+                for j, vocab in enumerate(vocabularies):
+                    lexical[i, j] = lexical_support(tokens, vocab)
+                    mask = owner == j
+                    semantic[i, j] = float(sims[row, mask].max()) if mask.any() else 0.0
+
+        out = []
+        for i, (sentence, cited) in enumerate(sentences):
+            if refusals[i]:
+                out.append(SentenceSupport(sentence, 1.0, True, None, 0.0, 0.0, cited, refusal=True))
+                continue
+            if not sources or not flat:
+                out.append(SentenceSupport(sentence, 0.0, False, None, 0.0, 0.0, cited))
+                continue
+            per_source = self.combine(lexical[i], semantic[i])
+            j = int(np.argmax(per_source))
+            s = float(per_source[j])
+            out.append(
+                SentenceSupport(sentence, s, s >= self.threshold, j, float(lexical[i, j]), float(semantic[i, j]), cited)
+            )
+        return out
+
+
+def answer_support(supports: Sequence[SentenceSupport]) -> float:
+    """One support number per answer: the weakest claim sentence's score.
+
+    The minimum, because one invented sentence makes the answer unsafe however well the others are
+    supported. Refusals are left out; an answer with no claims (empty, or only refusals) gets 1.0.
+    """
+    scores = [s.score for s in supports if not s.refusal]
+    return min(scores) if scores else 1.0

@@ -1,0 +1,63 @@
+"""Build the retriever and answerer that settings describe; every model is loaded once per process."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from tasks.config import Settings
+from tasks.models import load_embedder_for, load_generator
+from tasks.retrieve import Retriever, SearchFilters
+from tasks.store import ChunkStore, StoreError
+
+
+def open_retriever(settings: Settings, table: str | None = None) -> Retriever:
+    """A retriever over the configured chunk table; fails clearly when nothing was ingested."""
+    name = table or settings.store.table
+    store = ChunkStore(settings.lancedb_dir, name)
+    chunks = store.chunks
+    if chunks is None:
+        raise StoreError(f"no chunk table {name!r} under {settings.lancedb_dir}: run `ragtune ingest DIR` first")
+    embedder = load_embedder_for(settings)
+    store.check_dimension(embedder.dimension)
+    r = settings.retrieval
+    return Retriever(chunks, embedder, fusion=r.fusion, candidates=r.candidates, rrf_k=r.rrf_k, dense_weight=r.dense_weight)
+
+
+def search_filters(
+    settings: Settings,
+    groups: Sequence[str] | None = None,
+    path_prefix: str | None = None,
+    formats: Sequence[str] | None = None,
+    modified_since: datetime | None = None,
+) -> SearchFilters:
+    """Filters for one call; the caller's groups default to `retrieval.groups` from settings."""
+    chosen = settings.retrieval.groups if groups is None else groups
+    return SearchFilters(
+        path_prefix=path_prefix, formats=tuple(formats or ()), modified_since=modified_since, groups=tuple(chosen)
+    )
+
+
+def make_answerer(settings: Settings, table: str | None = None, retrieval: bool = True, adapter: Path | None = None):
+    """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter."""
+    from tasks.answer import Answerer
+    from tasks.generate import Generator
+    from tasks.ground import LexicalSemanticScorer
+    from tasks.rerank import make_reranker
+
+    g, r = settings.generator, settings.retrieval
+    model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, adapter=adapter)
+    generator = Generator(model, tokenizer, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+    retriever = open_retriever(settings, table) if retrieval else None
+    scorer = LexicalSemanticScorer(retriever.embedder) if retriever else None
+    return Answerer(
+        retriever,
+        generator,
+        scorer,
+        make_reranker(r.reranker, r.mmr_lambda),
+        k=r.k,
+        context_tokens=g.context_tokens,
+        min_dense=r.min_dense,
+        min_support=r.min_support,
+    )

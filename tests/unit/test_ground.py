@@ -1,0 +1,196 @@
+"""The grounding validator: sentence splitting, lexical and semantic support, refusals, edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.embed import HashEmbedder
+from tasks.ground import (
+    LexicalSemanticScorer,
+    SentenceSupport,
+    answer_support,
+    content_tokens,
+    is_refusal,
+    lexical_support,
+    source_windows,
+    split_sentences,
+    strip_citations,
+    vocabulary,
+)
+
+POLICY = (
+    "Hotel stays are reimbursed up to 150 EUR per night in Berlin. "
+    "Claims must be filed within 30 days of the trip. Receipts are required for every expense."
+)
+HOTLINE = "The support hotline opens at 08:00 CET on weekdays. Urgent incidents are escalated to the on-call engineer."
+
+
+@pytest.fixture
+def scorer(tokenizer) -> LexicalSemanticScorer:
+    return LexicalSemanticScorer(HashEmbedder(tokenizer, dimension=64))
+
+
+# --- sentences ---------------------------------------------------------------------------------
+
+
+def test_split_keeps_citations_with_their_sentence_and_strips_them_for_scoring():
+    text = "Hotels cost 150 EUR per night [1]. Claims take 30 days.[2][3] Receipts are required [1, 3]."
+    sentences = split_sentences(text)
+    assert sentences == [
+        "Hotels cost 150 EUR per night [1].",
+        "Claims take 30 days.[2][3]",
+        "Receipts are required [1, 3].",
+    ]
+    assert [strip_citations(s) for s in sentences] == [
+        ("Hotels cost 150 EUR per night.", (0,)),
+        ("Claims take 30 days.", (1, 2)),
+        ("Receipts are required.", (0, 2)),
+    ]
+    assert strip_citations("See both [2-4].") == ("See both.", (1, 2, 3))
+
+
+def test_split_does_not_break_abbreviations_initials_or_numbers():
+    text = (
+        "Dr. Smith shipped v4.2 to the U.S. office, e.g. in Boston. The box weighs 3.5 kg and costs 1,500.00 EUR! "
+        "J. R. R. Tolkien wrote it? Yes."
+    )
+    assert split_sentences(text) == [
+        "Dr. Smith shipped v4.2 to the U.S. office, e.g. in Boston.",
+        "The box weighs 3.5 kg and costs 1,500.00 EUR!",
+        "J. R. R. Tolkien wrote it?",
+        "Yes.",
+    ]
+
+
+def test_split_at_paragraphs_and_list_items_and_list_numbers_are_not_claims():
+    text = "Steps:\n1. Install it.\n2. Run it.\n\nDone"
+    assert split_sentences(text) == ["Steps:", "1. Install it.", "2. Run it.", "Done"]
+    assert strip_citations("2. Run it.") == ("Run it.", ())
+
+
+def test_source_windows_are_sentences_then_adjacent_pairs_and_repair_missing_spaces():
+    # Scraped text (and HaluEval) often loses the space between paragraphs.
+    windows = source_windows("Arthur's Magazine was published in Philadelphia.First for Women is published by Bauer.")
+    assert windows == [
+        "Arthur's Magazine was published in Philadelphia.",
+        "First for Women is published by Bauer.",
+        "Arthur's Magazine was published in Philadelphia. First for Women is published by Bauer.",
+    ]
+    assert source_windows("One sentence only.") == ["One sentence only."]
+    assert source_windows("") == []
+
+
+# --- lexical support ---------------------------------------------------------------------------
+
+
+def test_numbers_and_names_weigh_more_and_stopwords_do_not_count():
+    tokens = {t.key: t.weight for t in content_tokens("The hotel in Berlin costs 1,500 EUR per night.")}
+    assert tokens == {"hotel": 1.0, "berlin": 2.0, "cost": 1.0, "1500": 3.0, "eur": 2.0, "per": 1.0, "night": 1.0}
+    # Capitals that only open the sentence say nothing about names.
+    assert {t.key: t.weight for t in content_tokens("Receipts matter.")} == {"receipt": 1.0, "matter": 1.0}
+
+
+def test_number_mismatch_lowers_lexical_support():
+    vocab = vocabulary(POLICY)
+    right = lexical_support(content_tokens("Hotel stays are reimbursed up to 150 EUR per night."), vocab)
+    wrong = lexical_support(content_tokens("Hotel stays are reimbursed up to 180 EUR per night."), vocab)
+    assert right == 1.0
+    assert wrong < 0.8  # the number weighs 3 of the sentence's 11
+
+
+def test_lexical_support_with_nothing_to_check_is_one():
+    assert lexical_support(content_tokens("Yes, it is."), vocabulary(POLICY)) == 1.0
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+def test_copied_facts_score_above_invented_ones(scorer):
+    supported = scorer.score("Hotel stays are reimbursed up to 150 EUR per night in Berlin.", [POLICY])
+    invented = scorer.score("Flights to Tokyo are reimbursed by Lufthansa within 90 days.", [POLICY])
+    assert len(supported) == len(invented) == 1
+    assert supported[0].score > invented[0].score
+    assert supported[0].supported and not invented[0].supported
+    assert supported[0].lexical > invented[0].lexical
+    assert supported[0].semantic > invented[0].semantic
+
+
+def test_number_mismatch_lowers_support(scorer):
+    right = scorer.score("Hotel stays are reimbursed up to 150 EUR per night in Berlin.", [POLICY])[0]
+    wrong = scorer.score("Hotel stays are reimbursed up to 180 EUR per night in Berlin.", [POLICY])[0]
+    assert wrong.score < right.score
+    assert wrong.lexical < right.lexical
+
+
+def test_reports_the_source_that_supports_the_sentence(scorer):
+    supports = scorer.score("The support hotline opens at 08:00 CET on weekdays [2].", [POLICY, HOTLINE])
+    assert supports[0].source == 1
+    assert supports[0].citations == (1,)
+    supports = scorer.score("Claims must be filed within 30 days of the trip.", [HOTLINE, POLICY])
+    assert supports[0].source == 1
+
+
+def test_each_sentence_is_judged_and_the_answer_takes_the_weakest(scorer):
+    supports = scorer.score(
+        "Hotel stays are reimbursed up to 150 EUR per night in Berlin [1]. The CEO approves every claim in Paris.",
+        [POLICY],
+    )
+    assert [s.supported for s in supports] == [True, False]
+    assert answer_support(supports) == min(s.score for s in supports)
+    assert answer_support(supports) < answer_support(supports[:1])
+
+
+def test_empty_answer_and_empty_sources(scorer):
+    assert scorer.score("", [POLICY]) == []
+    assert scorer.score("   [1] ", [POLICY]) == []
+    assert answer_support([]) == 1.0  # nothing claimed, nothing unsupported
+    nothing = scorer.score("Hotel stays are reimbursed up to 150 EUR.", [])
+    assert [(s.supported, s.source, s.score) for s in nothing] == [(False, None, 0.0)]
+    blank = scorer.score("Hotel stays are reimbursed up to 150 EUR.", ["", "  "])
+    assert [(s.supported, s.source) for s in blank] == [(False, None)]
+
+
+def test_refusals_are_not_hallucinations(scorer):
+    for refusal in (
+        "The documents don't say how much a taxi costs.",
+        "I cannot find this in the provided context.",
+        "There is no information about taxis in the sources.",
+        "This is not mentioned in the passage.",
+    ):
+        assert is_refusal(refusal), refusal
+        supports = scorer.score(refusal, [POLICY])
+        assert [(s.refusal, s.supported, s.source) for s in supports] == [(True, True, None)]
+        assert answer_support(supports) == 1.0
+    # A refusal is flagged even with no sources at all: it claims nothing.
+    assert scorer.score("I don't know.", [])[0].supported
+
+
+def test_a_refusal_that_goes_on_to_claim_something_is_still_checked(scorer):
+    sentence = "The documents don't say, but taxis are reimbursed up to 900 EUR in Tokyo."
+    assert not is_refusal(sentence)
+    assert not scorer.score(sentence, [POLICY])[0].supported
+    # Refusal sentences are left out of the answer's support, claims are not.
+    supports = scorer.score("I don't know the taxi limit. Taxis cost 900 EUR in Tokyo.", [POLICY])
+    assert [s.refusal for s in supports] == [True, False]
+    assert answer_support(supports) == supports[1].score < 0.5
+
+
+def test_threshold_and_weights_are_constructor_arguments(tokenizer):
+    embedder = HashEmbedder(tokenizer, dimension=64)
+    sentence = "Hotel stays are reimbursed up to 180 EUR per night in Berlin."
+    strict = LexicalSemanticScorer(embedder, threshold=0.99).score(sentence, [POLICY])[0]
+    lenient = LexicalSemanticScorer(embedder, threshold=0.01).score(sentence, [POLICY])[0]
+    assert strict.score == lenient.score and not strict.supported and lenient.supported
+    lexical_only = LexicalSemanticScorer(embedder, weights=(0.0, 1.0, 0.0)).score(sentence, [POLICY])[0]
+    assert lexical_only.score == pytest.approx(1 / (1 + 2.718281828459045 ** -lexical_only.lexical))
+
+
+def test_any_grounding_scorer_can_stand_in():
+    class Always:
+        def score(self, answer, sources):
+            return [SentenceSupport(s, 0.2, False, None, 0.0, 0.0) for s in split_sentences(answer)]
+
+    from tasks.ground import GroundingScorer
+
+    scorer: GroundingScorer = Always()
+    assert answer_support(scorer.score("One. Two.", ["x"])) == 0.2

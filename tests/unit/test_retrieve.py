@@ -1,0 +1,112 @@
+"""Hybrid retrieval: fusion maths, filters, and access control enforced inside the search."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_contracts.schemas import chunk_schema
+from tasks.embed import HashEmbedder
+from tasks.retrieve import Retriever, SearchFilters, access_clause, fts_query, rrf, weighted
+from tasks.store import ChunkStore
+
+DIM = 64
+
+DOCS = {
+    "policies/travel.md": ("London hotels are capped at 185 pounds per night.", [], "markdown", 1),
+    "hr/salaries.md": ("The secret salary band for engineers is 91000 pounds per year.", ["hr"], "markdown", 400),
+    "finance/board.pdf": ("Board pack: the acquisition of Ledgerly closes in March.", ["finance", "board"], "pdf", 10),
+    "support/sla.html": ("Priority one tickets are answered within 30 minutes.", [], "html", 2),
+    "support/old-sla.html": ("Priority one tickets were answered within 60 minutes in 2024.", [], "html", 900),
+}
+
+
+@pytest.fixture
+def retriever(tmp_path, tokenizer):
+    embedder = HashEmbedder(tokenizer, dimension=DIM)
+    now = datetime.now(timezone.utc)
+    rows = []
+    for i, (doc_id, (text, groups, fmt, age_days)) in enumerate(DOCS.items()):
+        rows.append(
+            {
+                "chunk_id": f"c{i}", "doc_id": doc_id, "source_root": "/r", "source_path": f"/r/{doc_id}", "title": doc_id,
+                "format": fmt, "page": 1 if fmt == "pdf" else None, "heading_path": [], "ordinal": 0, "text": text,
+                "token_count": 20, "text_hash": f"t{i}", "embed_hash": f"e{i}", "pipeline": "p", "groups": groups,
+                "doc_modified_at": now - timedelta(days=age_days), "ingested_at": now,
+                "vector": embedder.embed([text])[0].tolist(),
+            }
+        )
+    store = ChunkStore(tmp_path / "db", "chunks")
+    store.replace_documents(pa.Table.from_pylist(rows, schema=chunk_schema(DIM)), "/r", list(DOCS))
+    store.maintain_indexes(ann_min_rows=10_000, ann_min_recall=0.9, keep_days=7)
+    return Retriever(store.chunks, embedder, candidates=10)
+
+
+def test_rrf_rewards_agreement():
+    scores = rrf([["a", "b", "c"], ["b", "a", "d"]], k=60)
+    assert scores["a"] == scores["b"] == pytest.approx(1 / 61 + 1 / 62)
+    assert scores["a"] > scores["c"] > 0 and scores["c"] == scores["d"]
+
+
+def test_weighted_fusion_normalises_each_side():
+    scores = weighted({"a": 0.9, "b": 0.1}, {"b": 30.0, "c": 10.0}, dense_weight=0.5)
+    assert scores == pytest.approx({"a": 0.5, "b": 0.5, "c": 0.0})
+    assert weighted({"a": 0.9, "b": 0.1}, {}, 1.0)["a"] == 1.0
+
+
+def test_fts_query_drops_fillers_keeps_numbers():
+    assert fts_query("What is the v4.2 rate limit in requests/min?") == "v4.2 rate limit requests/min"
+    assert fts_query("How much is £185?") == "much £185"
+    assert fts_query("???") == "???"
+
+
+def test_hybrid_finds_by_words_and_meaning(retriever):
+    hits = retriever.search("hotel cap in London", k=2).hits
+    assert hits[0].doc_id == "policies/travel.md"
+    assert hits[0].dense is not None and hits[0].lexical is not None
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "weighted", "dense", "fts"])
+def test_forbidden_documents_are_never_candidates(retriever, fusion):
+    retriever.fusion = fusion
+    # The query is the forbidden chunk's own text: it would rank first on both sides.
+    question = DOCS["hr/salaries.md"][0]
+    for groups in [(), ("support",), ("finance",), ("hr') OR (1=1",), ("HR",)]:
+        hits = retriever.search(question, k=10, filters=SearchFilters(groups=groups)).hits
+        assert "hr/salaries.md" not in {h.doc_id for h in hits}, (fusion, groups)
+        assert all(not h.groups or set(h.groups) & set(groups) for h in hits)
+    allowed = retriever.search(question, k=10, filters=SearchFilters(groups=("hr",))).hits
+    assert allowed[0].doc_id == "hr/salaries.md"
+
+
+def test_access_filter_is_a_prefilter_not_a_post_filter(retriever):
+    # With k=1 a post-filter would drop the forbidden top hit and return nothing.
+    hits = retriever.search(DOCS["finance/board.pdf"][0], k=1, filters=SearchFilters(groups=())).hits
+    assert len(hits) == 1 and hits[0].doc_id != "finance/board.pdf"
+
+
+def test_group_names_cannot_inject_sql():
+    clause = access_clause(["x') OR true OR ('"])
+    assert "'x'') OR true OR ('''" in clause
+
+
+def test_metadata_filters(retriever):
+    only_support = retriever.search("tickets answered", k=10, filters=SearchFilters(path_prefix="support/")).hits
+    assert {h.doc_id for h in only_support} == {"support/sla.html", "support/old-sla.html"}
+    pdfs = retriever.search("acquisition", k=10, filters=SearchFilters(formats=("pdf",), groups=("board",))).hits
+    assert [h.doc_id for h in pdfs] == ["finance/board.pdf"]
+    recent = retriever.search(
+        "tickets answered", k=10, filters=SearchFilters(modified_since=datetime.now(timezone.utc) - timedelta(days=30))
+    ).hits
+    assert "support/old-sla.html" not in {h.doc_id for h in recent} and "support/sla.html" in {h.doc_id for h in recent}
+
+
+def test_search_many_matches_single_searches(retriever):
+    questions = ["hotel cap London", "priority one tickets"]
+    many = retriever.search_many(questions, k=3)
+    for q, result in zip(questions, many):
+        assert [h.chunk_id for h in result.hits] == [h.chunk_id for h in retriever.search(q, k=3).hits]
+        assert set(result.timings) >= {"rewrite", "embed", "search"}
