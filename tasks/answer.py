@@ -104,7 +104,7 @@ class Answerer:
         k: int = 5,
         context_tokens: int = 1024,
         min_dense: float = 0.2,
-        min_support: float = 0.5,
+        min_support: float = 0.61,
     ):
         self.retriever, self.generator, self.scorer, self.reranker = retriever, generator, scorer, reranker
         self.k, self.context_tokens, self.min_dense, self.min_support = k, context_tokens, min_dense, min_support

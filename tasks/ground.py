@@ -4,13 +4,16 @@ The default `LexicalSemanticScorer` combines two signals per answer sentence and
 - lexical: the weighted share of the sentence's content tokens that occur in the source. Numbers
   and names are what small generators invent, so they weigh more than other words; stopwords and
   meta words ("answer", "passage", "according") don't count at all;
-- semantic: the best cosine between the sentence and a window of the source (one sentence, or two
-  adjacent ones), not the whole source, whose vector is diluted by everything else it says.
+- semantic: the best cosine between the sentence and one sentence of the source, not the whole
+  source, whose vector is diluted by everything else it says.
 The two are combined by a logistic function whose weights and threshold were fitted on real data by
 `bench/grounding.py` (see `DEFAULT_*` below). Anything with the same `score` method, for example a
 trained classifier, can stand in for it (`GroundingScorer`).
 
-Refusals ("the documents don't say") claim nothing, so they are never reported as unsupported.
+Sentences that claim nothing checkable are never reported as unsupported and don't count in
+`answer_support`: refusals ("the documents don't say") and sentences without a content token ("Yes.",
+"That's right."), which token overlap cannot judge and which the fitted scorer flagged every time
+(all 70 bare yes/no right answers of HaluEval rows 4000–4999, before this rule), so a flag there would carry no information.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import numpy as np
 
 from tasks.embed import Embedder
 
-# Fitted by `bench/grounding.py` (weighted logistic regression on HaluEval QA dev rows 0–3999, right vs
-# hallucinated answers, each example weighted so both classes weigh the same within every answer word
-# count: the fit cannot learn "short means right"). See bench/results/grounding-latest.md.
-DEFAULT_WEIGHTS = (-4.0, 5.0, 3.0)  # (bias, lexical, semantic)
-DEFAULT_THRESHOLD = 0.5
+# Fitted by `bench/grounding.py`: weighted logistic regression (numpy, Newton) of right vs hallucinated
+# answers on HaluEval QA dev rows 0–3999, each answer weighted so both classes weigh the same within
+# every answer word count (hallucinated answers are ~5x longer: unweighted, the fit learns "short means
+# right"). Threshold: best F1 of flagging hallucinated answers on the same weighted rows. The fit gave
+# (-9.936, 9.637, 2.111) and 0.613; lexical dominates, the semantic term adds a little once length is
+# controlled. Results on held-out rows 4000–4999 and on SmolLM2's own answers: bench/results/grounding-latest.md.
+DEFAULT_WEIGHTS = (-9.94, 9.64, 2.11)  # (bias, lexical, semantic)
+DEFAULT_THRESHOLD = 0.61
 NUMBER_WEIGHT = 3.0  # a wrong number or name is the typical hallucination; a wrong verb rarely is
 NAME_WEIGHT = 2.0
 
@@ -57,8 +63,18 @@ _STOPWORDS = frozenset(
     you've your yours yourself yourselves
     one ones many much may might must shall also yet still even well like known called named whose
     answer answers question passage passages context text document documents source sources information
-    according based provided given mentioned stated says said indeed correct specifically""".split()
+    according based provided given mentioned stated says said indeed correct specifically
+    re vs etc inc ltd co corp""".split()
 )
+# Spelled-out numbers match digits ("two" == "2"); "one" is left out, it is mostly a pronoun.
+_NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+    if w != "one"
+}
 _REFUSAL = re.compile(
     r"\b(?:i|we)\s+(?:do not|don't|cannot|can't|could not|couldn't|am unable to|was unable to)\s+"
     r"(?:know|find|answer|tell|determine|say|see)\b"
@@ -134,12 +150,13 @@ def strip_citations(sentence: str) -> tuple[str, tuple[int, ...]]:
 
 
 def source_windows(source: str) -> list[str]:
-    """The pieces of a source a sentence is compared with: each sentence, and each pair of adjacent ones.
+    """The pieces of a source a sentence is compared with: its sentences.
 
-    Pairs because one answer sentence often joins two facts that the source states in a row.
+    Not the whole source, whose vector is diluted by everything else it says (AUROC 0.61 vs 0.69 on
+    same-length HaluEval pairs), and not also pairs of adjacent sentences, which cost twice the
+    embeddings and measured no better (bench/grounding.py).
     """
-    sentences = _split(source, joined=True)
-    return sentences + [f"{a} {b}" for a, b in zip(sentences, sentences[1:])]
+    return _split(source, joined=True)
 
 
 def is_refusal(sentence: str) -> bool:
@@ -154,13 +171,17 @@ def is_refusal(sentence: str) -> bool:
 
 
 @dataclass(frozen=True)
-class _Token:
+class Token:
+    """A content token of an answer sentence: what is matched against the source, and how much it counts."""
+
     key: str  # normalised form that is matched
     weight: float
 
 
 def _normalise(token: str) -> str:
     t = token.lower().replace("’", "'")
+    if t in _NUMBER_WORDS:
+        return _NUMBER_WORDS[t]
     if re.search(r"\d", t):
         return re.sub(r"(?<=\d),(?=\d{3})", "", t)  # "1,500" == "1500"
     if t.endswith("'s"):
@@ -170,7 +191,7 @@ def _normalise(token: str) -> str:
     return t
 
 
-def content_tokens(text: str, number_weight: float = NUMBER_WEIGHT, name_weight: float = NAME_WEIGHT) -> list[_Token]:
+def content_tokens(text: str, number_weight: float = NUMBER_WEIGHT, name_weight: float = NAME_WEIGHT) -> list[Token]:
     """The tokens of `text` that carry a claim, each with its weight; stopwords and meta words are dropped.
 
     A capitalised token counts as a name unless it opens the sentence, where capitals say nothing.
@@ -181,13 +202,14 @@ def content_tokens(text: str, number_weight: float = NUMBER_WEIGHT, name_weight:
         low = raw.lower().replace("’", "'")
         if low in _STOPWORDS or (len(low) == 1 and not low.isdigit()):
             continue
-        if any(c.isdigit() for c in raw):
+        key = _normalise(raw)
+        if any(c.isdigit() for c in key):
             weight = number_weight
         elif (raw[0].isupper() and i > 0) or any(c.isupper() for c in raw[1:]):
             weight = name_weight
         else:
             weight = 1.0
-        out.append(_Token(_normalise(raw), weight))
+        out.append(Token(key, weight))
     return out
 
 
@@ -196,7 +218,7 @@ def vocabulary(text: str) -> frozenset[str]:
     return frozenset(_normalise(m.group(0)) for m in _TOKEN.finditer(text))
 
 
-def lexical_support(tokens: Sequence[_Token], vocabulary: frozenset[str]) -> float:
+def lexical_support(tokens: Sequence[Token], vocabulary: frozenset[str]) -> float:
     """Weighted share of `tokens` found in `vocabulary`; 1.0 when there is nothing to check."""
     total = sum(t.weight for t in tokens)
     if total == 0:
@@ -216,7 +238,8 @@ class SentenceSupport:
     lexical: float  # the component scores, for explanations
     semantic: float
     citations: tuple[int, ...] = ()  # 0-based sources the sentence cited
-    refusal: bool = False  # says the sources don't answer: claims nothing, excluded from `answer_support`
+    checkable: bool = True  # False for refusals and content-free sentences: supported, left out of `answer_support`
+    refusal: bool = False  # says the sources don't answer
 
 
 class GroundingScorer(Protocol):
@@ -257,8 +280,9 @@ class LexicalSemanticScorer:
         if not sentences:
             return []
         refusals = [is_refusal(s) for s, _ in sentences]
-        claims = [i for i, r in enumerate(refusals) if not r]
-        sources = [s for s in sources]
+        tokens = [content_tokens(s, self.number_weight, self.name_weight) for s, _ in sentences]
+        claims = [i for i, (r, t) in enumerate(zip(refusals, tokens)) if not r and t]
+        sources = list(sources)
         windows = [source_windows(s) for s in sources]
         owner = np.array([j for j, w in enumerate(windows) for _ in w], dtype=np.int64)
         flat = [w for ws in windows for w in ws]
@@ -270,16 +294,15 @@ class LexicalSemanticScorer:
             sims = np.clip(vectors[: len(claims)] @ vectors[len(claims) :].T, 0.0, 1.0)
             vocabularies = [vocabulary(s) for s in sources]
             for row, i in enumerate(claims):
-                tokens = content_tokens(sentences[i][0], self.number_weight, self.name_weight)
                 for j, vocab in enumerate(vocabularies):
-                    lexical[i, j] = lexical_support(tokens, vocab)
+                    lexical[i, j] = lexical_support(tokens[i], vocab)
                     mask = owner == j
                     semantic[i, j] = float(sims[row, mask].max()) if mask.any() else 0.0
 
         out = []
         for i, (sentence, cited) in enumerate(sentences):
-            if refusals[i]:
-                out.append(SentenceSupport(sentence, 1.0, True, None, 0.0, 0.0, cited, refusal=True))
+            if refusals[i] or not tokens[i]:
+                out.append(SentenceSupport(sentence, 1.0, True, None, 0.0, 0.0, cited, False, refusals[i]))
                 continue
             if not sources or not flat:
                 out.append(SentenceSupport(sentence, 0.0, False, None, 0.0, 0.0, cited))
@@ -297,7 +320,8 @@ def answer_support(supports: Sequence[SentenceSupport]) -> float:
     """One support number per answer: the weakest claim sentence's score.
 
     The minimum, because one invented sentence makes the answer unsafe however well the others are
-    supported. Refusals are left out; an answer with no claims (empty, or only refusals) gets 1.0.
+    supported. Sentences that are not `checkable` are left out; an answer with none (empty, only
+    refusals, a bare "Yes.") gets 1.0.
     """
-    scores = [s.score for s in supports if not s.refusal]
+    scores = [s.score for s in supports if s.checkable]
     return min(scores) if scores else 1.0

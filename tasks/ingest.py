@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from data_contracts.schemas import chunk_schema, document_schema
+from data_contracts.schemas import PUBLIC_GROUP, chunk_schema, document_schema
 from tasks import parse as parse_module
 from tasks.chunk import Chunk, chunk_document, chunk_ids, embed_text, sha256
 from tasks.config import Settings
@@ -52,7 +52,7 @@ def pipeline_fingerprint(settings: Settings, embedder_fingerprint: str, max_toke
         f"embedder={embedder_fingerprint}|max={max_tokens}",
         f"limits={ingest.parse_timeout_s}|{ingest.parse_memory_mb}|{ingest.max_file_mb}",
         f"password={'set' if ingest.pdf_password else 'none'}",
-        f"groups={sorted((k, sorted(v)) for k, v in settings.ingest.access_groups.items())}",
+        f"groups=v2:{sorted((k, sorted(v)) for k, v in settings.ingest.access_groups.items())}",
     )[:16]
 
 
@@ -147,12 +147,13 @@ def embed_missing(
 
 
 def access_groups(doc_id: str, mapping: dict[str, list[str]]) -> list[str]:
-    """Groups allowed to read a document: the union over every glob that matches its path."""
+    """Groups allowed to read a document: the union over every glob that matches its path, or
+    everyone (`PUBLIC_GROUP`) when none matches."""
     groups: set[str] = set()
     for pattern, names in mapping.items():
         if matches_any(doc_id, [pattern]):
             groups.update(names)
-    return sorted(groups)
+    return sorted(groups) or [PUBLIC_GROUP]
 
 
 def _ts(ns: int) -> datetime:

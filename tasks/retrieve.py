@@ -2,19 +2,21 @@
 
 Access control is enforced inside each search as a prefilter (`where(..., prefilter=True)`), never
 after ranking: a chunk outside the caller's groups is never a candidate, so it cannot be returned,
-cited, or used to answer. A chunk with no groups is readable by everyone.
+cited, or used to answer. A chunk whose groups include `PUBLIC_GROUP` is readable by everyone.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from data_contracts.schemas import PUBLIC_GROUP
 from tasks.embed import Embedder
 from tasks.store import sql_str
 
@@ -53,11 +55,9 @@ class SearchFilters:
 
 
 def access_clause(groups: Sequence[str]) -> str:
-    """Chunks readable by a caller in `groups`: unrestricted ones, or ones sharing a group."""
-    names = sorted({g.strip() for g in groups if g.strip()})
-    if not names:
-        return "array_length(groups) = 0"
-    return f"(array_length(groups) = 0 OR array_has_any(groups, make_array({', '.join(sql_str(g) for g in names)})))"
+    """Chunks readable by a caller in `groups`: public ones, or ones sharing a group."""
+    names = [PUBLIC_GROUP] + sorted({g.strip() for g in groups if g.strip()} - {PUBLIC_GROUP})
+    return f"array_has_any(groups, make_array({', '.join(sql_str(g) for g in names)}))"
 
 
 @dataclass
@@ -89,17 +89,21 @@ def fts_query(question: str) -> str:
     return " ".join(tokens) or question.strip()
 
 
-def _hits(rows: list[dict[str, Any]]) -> list[Hit]:
-    out = []
-    for r in rows:
-        out.append(
-            Hit(
-                chunk_id=r["chunk_id"], doc_id=r["doc_id"], title=r["title"], text=r["text"], page=r["page"],
-                heading_path=list(r["heading_path"] or []), source_path=r["source_path"], format=r["format"],
-                groups=list(r["groups"] or []), vector=np.asarray(r["vector"], dtype=np.float32),
-            )
+def _hits(rows: Any) -> list[Hit]:
+    """Hits from an Arrow result, column-wise (converting 384-float vectors row by row is slow)."""
+    if rows.num_rows == 0:
+        return []
+    cols = {name: rows.column(name).to_pylist() for name in _COLUMNS if name != "vector"}
+    dim = rows.schema.field("vector").type.list_size
+    vectors = rows.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return [
+        Hit(
+            chunk_id=cols["chunk_id"][i], doc_id=cols["doc_id"][i], title=cols["title"][i], text=cols["text"][i],
+            page=cols["page"][i], heading_path=list(cols["heading_path"][i] or []), source_path=cols["source_path"][i],
+            format=cols["format"][i], groups=list(cols["groups"][i] or []), vector=vectors[i].astype(np.float32),
         )
-    return out
+        for i in range(rows.num_rows)
+    ]
 
 
 def rrf(rankings: Sequence[Sequence[str]], k: int = 60) -> dict[str, float]:
@@ -124,6 +128,30 @@ def weighted(dense: dict[str, float], lexical: dict[str, float], dense_weight: f
     return {k: dense_weight * d.get(k, 0.0) + (1 - dense_weight) * b.get(k, 0.0) for k in set(d) | set(b)}
 
 
+def fuse(dense: list[Hit], lexical: list[Hit], fusion: Fusion = "rrf", rrf_k: int = 60, dense_weight: float = 0.5) -> list[Hit]:
+    """One ranking from the dense and full-text candidate lists; each hit keeps both sides' scores."""
+    by_id: dict[str, Hit] = {}
+    for h in dense + lexical:
+        seen = by_id.get(h.chunk_id)
+        if seen is None:
+            by_id[h.chunk_id] = replace(h)
+        else:  # the same chunk from both sides
+            seen.lexical = seen.lexical if seen.lexical is not None else h.lexical
+            seen.lexical_rank = seen.lexical_rank or h.lexical_rank
+    if fusion == "dense" or not lexical:
+        scores = {h.chunk_id: h.dense or 0.0 for h in dense}
+    elif fusion == "fts" or not dense:
+        scores = {h.chunk_id: h.lexical or 0.0 for h in lexical}
+    elif fusion == "weighted":
+        scores = weighted({h.chunk_id: h.dense or 0.0 for h in dense}, {h.chunk_id: h.lexical or 0.0 for h in lexical}, dense_weight)
+    else:
+        scores = rrf([[h.chunk_id for h in dense], [h.chunk_id for h in lexical]], rrf_k)
+    fused = sorted((h for h in by_id.values() if h.chunk_id in scores), key=lambda h: (-scores[h.chunk_id], h.chunk_id))
+    for h in fused:
+        h.score = scores[h.chunk_id]
+    return fused
+
+
 @dataclass
 class SearchResult:
     hits: list[Hit]
@@ -138,13 +166,14 @@ class Retriever:
         self,
         table: Any,
         embedder: Embedder,
-        fusion: Fusion = "rrf",
+        fusion: Fusion = "weighted",
         candidates: int = 50,
         rrf_k: int = 60,
-        dense_weight: float = 0.5,
+        dense_weight: float = 0.4,
     ):
         self.table, self.embedder = table, embedder
         self.fusion, self.candidates, self.rrf_k, self.dense_weight = fusion, candidates, rrf_k, dense_weight
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dense-search")
 
     def dense(self, vector: np.ndarray, where: str, limit: int) -> list[Hit]:
         rows = (
@@ -153,11 +182,11 @@ class Retriever:
             .where(where, prefilter=True)
             .select(_COLUMNS + ["_distance"])
             .limit(limit)
-            .to_list()
+            .to_arrow()
         )
         hits = _hits(rows)
-        for rank, (h, r) in enumerate(zip(hits, rows), start=1):
-            h.dense, h.dense_rank = 1.0 - float(r["_distance"]), rank
+        for rank, (h, d) in enumerate(zip(hits, rows.column("_distance").to_pylist() if hits else []), start=1):
+            h.dense, h.dense_rank = 1.0 - float(d), rank
         return hits
 
     def lexical(self, query: str, where: str, limit: int) -> list[Hit]:
@@ -168,11 +197,11 @@ class Retriever:
             .where(where, prefilter=True)
             .select(_COLUMNS + ["_score"])
             .limit(limit)
-            .to_list()
+            .to_arrow()
         )
         hits = _hits(rows)
-        for rank, (h, r) in enumerate(zip(hits, rows), start=1):
-            h.lexical, h.lexical_rank = float(r["_score"]), rank
+        for rank, (h, score) in enumerate(zip(hits, rows.column("_score").to_pylist() if hits else []), start=1):
+            h.lexical, h.lexical_rank = float(score), rank
         return hits
 
     def search(self, question: str, k: int = 5, filters: SearchFilters | None = None, vector: np.ndarray | None = None) -> SearchResult:
@@ -189,9 +218,11 @@ class Retriever:
         timings["embed"] = time.perf_counter() - start
         start = time.perf_counter()
         depth = max(self.candidates, k)
-        dense = self.dense(vector, where, depth) if self.fusion != "fts" else []
+        # Both sides at once: LanceDB releases the GIL, so latency is the slower side, not the sum.
+        dense_side = self._pool.submit(self.dense, vector, where, depth) if self.fusion != "fts" else None
         lexical = self.lexical(query, where, depth) if self.fusion != "dense" else []
-        hits = self._fuse(dense, lexical)[:k]
+        dense = dense_side.result() if dense_side else []
+        hits = fuse(dense, lexical, self.fusion, self.rrf_k, self.dense_weight)[:k]
         timings["search"] = time.perf_counter() - start
         return SearchResult(hits=hits, timings=timings, fts_query=query)
 
@@ -205,26 +236,3 @@ class Retriever:
             r.timings["embed"] = embed
         return results
 
-    def _fuse(self, dense: list[Hit], lexical: list[Hit]) -> list[Hit]:
-        by_id: dict[str, Hit] = {}
-        for h in dense + lexical:
-            seen = by_id.get(h.chunk_id)
-            if seen is None:
-                by_id[h.chunk_id] = replace(h)
-            else:  # the same chunk from both sides: keep both sides' scores
-                seen.lexical = seen.lexical if seen.lexical is not None else h.lexical
-                seen.lexical_rank = seen.lexical_rank or h.lexical_rank
-        if self.fusion == "dense" or not lexical:
-            scores = {h.chunk_id: h.dense or 0.0 for h in dense}
-        elif self.fusion == "fts" or not dense:
-            scores = {h.chunk_id: h.lexical or 0.0 for h in lexical}
-        elif self.fusion == "weighted":
-            scores = weighted(
-                {h.chunk_id: h.dense or 0.0 for h in dense}, {h.chunk_id: h.lexical or 0.0 for h in lexical}, self.dense_weight
-            )
-        else:
-            scores = rrf([[h.chunk_id for h in dense], [h.chunk_id for h in lexical]], self.rrf_k)
-        fused = sorted(by_id.values(), key=lambda h: (-scores.get(h.chunk_id, 0.0), h.chunk_id))
-        for h in fused:
-            h.score = scores.get(h.chunk_id, 0.0)
-        return fused

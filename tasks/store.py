@@ -247,11 +247,14 @@ class ChunkStore:
 
     def indexes_missing(self) -> bool:
         table = self.chunks
-        return table is not None and not any(tuple(i.columns) == ("text",) for i in table.list_indices())
+        if table is None:
+            return False
+        indexed = {tuple(i.columns) for i in table.list_indices()}
+        return not {("text",), ("groups",)} <= indexed
 
     def maintain_indexes(self, ann_min_rows: int, ann_min_recall: float, keep_days: float) -> IndexReport:
         """Keep the full-text index in sync, build an ANN index past `ann_min_rows`, compact old versions."""
-        from lancedb.index import FTS, IvfPq
+        from lancedb.index import FTS, IvfPq, LabelList
 
         start = time.perf_counter()
         table = self.chunks
@@ -262,6 +265,9 @@ class ChunkStore:
         if ("text",) not in indices:
             table.create_index("text", config=FTS())
             report.fts = "created"
+        if ("groups",) not in indices:
+            # Every search filters on access groups: an index keeps that prefilter cheap.
+            table.create_index("groups", config=LabelList())
         rows = table.count_rows()
         if ("vector",) not in indices and rows >= ann_min_rows:
             dimension = vector_dimension(table.schema)

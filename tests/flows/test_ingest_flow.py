@@ -212,3 +212,14 @@ def test_cli_ingest_and_status_json(home, tmp_path):
     assert missing.exit_code == 1 and "not a readable directory" in missing.stderr
     strict = runner.invoke(app, ["ingest", str(src), "--strict", "--force"])
     assert strict.exit_code == 3
+
+
+def test_access_groups_from_config_reach_every_chunk(home, tmp_path, monkeypatch):
+    src = _corpus(tmp_path / "src")
+    monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_GROUPS", '{"policies/**": ["hr", "finance"]}')
+    ingest(str(src))
+    rows = ChunkStore(home / "lancedb", "chunks").chunks.search().select(["doc_id", "groups"]).limit(None).to_list()
+    groups = {r["doc_id"]: sorted(r["groups"]) for r in rows}
+    assert groups["policies/travel.md"] == ["finance", "hr"]
+    assert groups["faq.txt"] == ["*"]
+    assert not ChunkStore(home / "lancedb", "chunks").indexes_missing()  # FTS + groups index

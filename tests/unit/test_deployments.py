@@ -24,3 +24,16 @@ def test_deployment_entrypoints_import_and_parameters_validate():
         assert isinstance(flow, Flow)
         validated = flow.validate_parameters(deployment.get("parameters", {}))
         assert set(validated) >= set(deployment.get("parameters", {}))
+
+
+def test_settings_reject_a_public_sentinel_in_access_groups(monkeypatch):
+    import pytest
+    from pydantic import ValidationError
+
+    from tasks.config import load_settings
+
+    monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_GROUPS", '{"hr/**": ["*"]}')
+    with pytest.raises(ValidationError, match="not '\\*'"):
+        load_settings()
+    monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_GROUPS", '{"hr/**": ["hr"]}')
+    assert load_settings().ingest.access_groups == {"hr/**": ["hr"]}

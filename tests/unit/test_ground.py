@@ -68,14 +68,12 @@ def test_split_at_paragraphs_and_list_items_and_list_numbers_are_not_claims():
     assert strip_citations("2. Run it.") == ("Run it.", ())
 
 
-def test_source_windows_are_sentences_then_adjacent_pairs_and_repair_missing_spaces():
+def test_source_windows_are_sentences_and_repair_missing_spaces():
     # Scraped text (and HaluEval) often loses the space between paragraphs.
     windows = source_windows("Arthur's Magazine was published in Philadelphia.First for Women is published by Bauer.")
-    assert windows == [
-        "Arthur's Magazine was published in Philadelphia.",
-        "First for Women is published by Bauer.",
-        "Arthur's Magazine was published in Philadelphia. First for Women is published by Bauer.",
-    ]
+    assert windows == ["Arthur's Magazine was published in Philadelphia.", "First for Women is published by Bauer."]
+    # ...but versions, decimals and abbreviations are not paragraph joins.
+    assert source_windows("Use v4.2 of the U.S.Army kit.It weighs 3.5 kg.") == ["Use v4.2 of the U.S.Army kit.", "It weighs 3.5 kg."]
     assert source_windows("One sentence only.") == ["One sentence only."]
     assert source_windows("") == []
 
@@ -96,6 +94,12 @@ def test_number_mismatch_lowers_lexical_support():
     wrong = lexical_support(content_tokens("Hotel stays are reimbursed up to 180 EUR per night."), vocab)
     assert right == 1.0
     assert wrong < 0.8  # the number weighs 3 of the sentence's 11
+
+
+def test_spelled_out_numbers_match_digits():
+    vocab = vocabulary("The team has 12 members.")
+    assert lexical_support(content_tokens("The team has twelve members."), vocab) == 1.0
+    assert lexical_support(content_tokens("The team has eleven members."), vocab) < 0.5
 
 
 def test_lexical_support_with_nothing_to_check_is_one():
@@ -159,7 +163,7 @@ def test_refusals_are_not_hallucinations(scorer):
     ):
         assert is_refusal(refusal), refusal
         supports = scorer.score(refusal, [POLICY])
-        assert [(s.refusal, s.supported, s.source) for s in supports] == [(True, True, None)]
+        assert [(s.refusal, s.checkable, s.supported, s.source) for s in supports] == [(True, False, True, None)]
         assert answer_support(supports) == 1.0
     # A refusal is flagged even with no sources at all: it claims nothing.
     assert scorer.score("I don't know.", [])[0].supported
@@ -173,6 +177,13 @@ def test_a_refusal_that_goes_on_to_claim_something_is_still_checked(scorer):
     supports = scorer.score("I don't know the taxi limit. Taxis cost 900 EUR in Tokyo.", [POLICY])
     assert [s.refusal for s in supports] == [True, False]
     assert answer_support(supports) == supports[1].score < 0.5
+
+
+def test_sentences_with_nothing_to_check_are_not_flagged_nor_counted(scorer):
+    supports = scorer.score("Yes. Taxis are reimbursed up to 900 EUR in Tokyo.", [POLICY])
+    assert [(s.checkable, s.supported, s.refusal) for s in supports] == [(False, True, False), (True, False, False)]
+    assert answer_support(supports) == supports[1].score
+    assert answer_support(scorer.score("No, it is not.", [POLICY])) == 1.0
 
 
 def test_threshold_and_weights_are_constructor_arguments(tokenizer):

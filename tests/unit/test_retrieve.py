@@ -16,11 +16,11 @@ from tasks.store import ChunkStore
 DIM = 64
 
 DOCS = {
-    "policies/travel.md": ("London hotels are capped at 185 pounds per night.", [], "markdown", 1),
+    "policies/travel.md": ("London hotels are capped at 185 pounds per night.", ["*"], "markdown", 1),
     "hr/salaries.md": ("The secret salary band for engineers is 91000 pounds per year.", ["hr"], "markdown", 400),
     "finance/board.pdf": ("Board pack: the acquisition of Ledgerly closes in March.", ["finance", "board"], "pdf", 10),
-    "support/sla.html": ("Priority one tickets are answered within 30 minutes.", [], "html", 2),
-    "support/old-sla.html": ("Priority one tickets were answered within 60 minutes in 2024.", [], "html", 900),
+    "support/sla.html": ("Priority one tickets are answered within 30 minutes.", ["*"], "html", 2),
+    "support/old-sla.html": ("Priority one tickets were answered within 60 minutes in 2024.", ["*"], "html", 900),
 }
 
 
@@ -74,10 +74,10 @@ def test_forbidden_documents_are_never_candidates(retriever, fusion):
     retriever.fusion = fusion
     # The query is the forbidden chunk's own text: it would rank first on both sides.
     question = DOCS["hr/salaries.md"][0]
-    for groups in [(), ("support",), ("finance",), ("hr') OR (1=1",), ("HR",)]:
+    for groups in [(), ("support",), ("finance",), ("hr') OR (1=1",), ("HR",), ("*",)]:
         hits = retriever.search(question, k=10, filters=SearchFilters(groups=groups)).hits
         assert "hr/salaries.md" not in {h.doc_id for h in hits}, (fusion, groups)
-        assert all(not h.groups or set(h.groups) & set(groups) for h in hits)
+        assert all("*" in h.groups or set(h.groups) & set(groups) for h in hits)
     allowed = retriever.search(question, k=10, filters=SearchFilters(groups=("hr",))).hits
     assert allowed[0].doc_id == "hr/salaries.md"
 
