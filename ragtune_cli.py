@@ -91,6 +91,13 @@ def ingest(
         _fail(str(e), code=3, as_json=as_json)
     except (SourceError, StoreError, ContractViolation, FileNotFoundError) as e:
         _fail(str(e), code=1, as_json=as_json)
+    except Exception as e:  # noqa: BLE001 - any other failure: say what and that nothing was lost
+        _fail(
+            f"ingest failed ({type(e).__name__}: {e}); the previously committed table is unchanged, "
+            "rerun to resume (details in the run manifest under $RAGTUNE_HOME/runs/)",
+            code=1,
+            as_json=as_json,
+        )
     settings = load_settings(config)
     manifest = latest_manifest(settings.runs_dir, table or settings.store.table)
     human = ingest_markdown(manifest) if manifest else json.dumps(result, indent=2)

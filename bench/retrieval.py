@@ -82,6 +82,18 @@ def rankings(retriever, questions: list[str], methods: dict) -> dict[str, list[l
     return out
 
 
+def multi_query_rankings(retriever, settings, questions: list[str], n: int = 2) -> list[list[str]]:
+    """Doc-id rankings with LLM rewrites (the packaged generator) fused with the question's own."""
+    from tasks.generate import Generator
+    from tasks.models import load_generator
+    from tasks.rewrite import multi_query_search, rewrites
+
+    model, tokenizer = load_generator(settings.generator.model, settings.models_dir, threads=settings.threads)
+    generator = Generator(model, tokenizer, max_new_tokens=48, batch_size=8)
+    extra = rewrites(generator, questions, n)
+    return [[h.doc_id for h in multi_query_search(retriever, q, e, 10).hits] for q, e in zip(questions, extra)]
+
+
 def quality(ranked: dict[str, list[list[str]]], gold: list[set[str]]) -> dict[str, dict[str, float]]:
     from tasks.metrics import ndcg_at, recall_at, reciprocal_rank
 
@@ -225,6 +237,7 @@ def main() -> None:
     demo_rows = [r for r in demo_rows if r["answerable"]]
     demo = open_retriever(settings, "demo")
     ranked = rankings(demo, [r["question"] for r in demo_rows], methods())
+    ranked["hybrid weighted 0.4 + llm multi-query (2)"] = multi_query_rankings(demo, settings, [r["question"] for r in demo_rows])
     result["quality"]["demo eval (answerable, doc-level)"] = {
         "queries": len(demo_rows), "corpus": "demo corpus", "metrics": quality(ranked, [set(r["gold_docs"]) for r in demo_rows])
     }

@@ -17,6 +17,7 @@ from tasks.generate import ABSTAIN, Generator, Source, base_messages, pack_sourc
 from tasks.ground import GroundingScorer, SentenceSupport, answer_support
 from tasks.rerank import Reranker
 from tasks.retrieve import Hit, Retriever, SearchFilters
+from tasks.rewrite import multi_query_search, rewrites
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _SNIPPET = 240
@@ -105,8 +106,10 @@ class Answerer:
         context_tokens: int = 1024,
         min_dense: float = 0.2,
         min_support: float = 0.61,
+        rewrite_queries: int = 0,
     ):
         self.retriever, self.generator, self.scorer, self.reranker = retriever, generator, scorer, reranker
+        self.rewrite_queries = rewrite_queries
         self.k, self.context_tokens, self.min_dense, self.min_support = k, context_tokens, min_dense, min_support
 
     def ask(self, question: str, filters: SearchFilters | None = None) -> Answer:
@@ -134,7 +137,16 @@ class Answerer:
     def _search(self, questions: Sequence[str], filters: SearchFilters | None) -> list[Any]:
         assert self.retriever is not None
         # Rerankers choose the k sources from a deeper candidate list.
-        return self.retriever.search_many(questions, max(self.k * 4, self.retriever.candidates), filters)
+        depth = max(self.k * 4, self.retriever.candidates)
+        if not self.rewrite_queries:
+            return self.retriever.search_many(questions, depth, filters)
+        start = time.perf_counter()
+        extra = rewrites(self.generator, questions, self.rewrite_queries)
+        per_question = (time.perf_counter() - start) / max(1, len(questions))
+        results = [multi_query_search(self.retriever, q, e, depth, filters) for q, e in zip(questions, extra)]
+        for r in results:
+            r.timings["rewrite"] = r.timings.get("rewrite", 0.0) + per_question
+        return results
 
     def _retrieve(self, question: str, result: Any) -> _Pending:
         timings = {"rewrite": result.timings.get("rewrite", 0.0), "search": result.timings["search"] + result.timings["embed"]}

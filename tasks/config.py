@@ -59,6 +59,9 @@ class RetrievalSettings(BaseModel):
     # MMR did not beat fusion order on either set, so it is not the default (see the benchmark).
     reranker: str = Field("none", description="none, mmr, or cross-encoder:<path or hub id>.")
     mmr_lambda: float = Field(0.7, ge=0, le=1)
+    rewrite_queries: int = Field(
+        0, ge=0, le=5, description="LLM rewrites per question, fused with the question's own ranking (0 = off)."
+    )
     groups: list[str] = Field(default_factory=list, description="Default access groups of the caller.")
     min_dense: float = Field(
         0.2, ge=-1, le=1, description="Abstain without generating when the best cosine similarity is below this."

@@ -60,4 +60,5 @@ def make_answerer(settings: Settings, table: str | None = None, retrieval: bool 
         context_tokens=g.context_tokens,
         min_dense=r.min_dense,
         min_support=r.min_support,
+        rewrite_queries=r.rewrite_queries,
     )

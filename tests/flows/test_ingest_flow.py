@@ -223,3 +223,18 @@ def test_access_groups_from_config_reach_every_chunk(home, tmp_path, monkeypatch
     assert groups["policies/travel.md"] == ["finance", "hr"]
     assert groups["faq.txt"] == ["*"]
     assert not ChunkStore(home / "lancedb", "chunks").indexes_missing()  # FTS + groups index
+
+
+def test_cli_store_failure_is_a_clear_nonzero_exit(home, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ragtune_cli import app
+
+    src = _corpus(tmp_path / "src")
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the home should be")
+    monkeypatch.setenv("RAGTUNE_HOME", str(blocked))
+    result = CliRunner().invoke(app, ["ingest", str(src), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "failed"
+    assert "error:" in result.stderr and "Traceback" not in result.stderr

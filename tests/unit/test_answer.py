@@ -77,3 +77,12 @@ def test_forbidden_answer_is_never_given_or_cited(retriever, groups):
     allowed, _ = _answerer(retriever, "The secret salary band for engineers is 91000 pounds per year [1].")
     ok = allowed.ask("What is the secret salary band for engineers?", SearchFilters(groups=("hr",)))
     assert not ok.abstained and ok.citations[0].doc_id == "hr/salaries.md"
+
+
+def test_llm_rewrites_are_fused_and_timed(retriever):
+    answerer, generator = _answerer(retriever, "London hotels are capped at 185 pounds per night [1].")
+    answerer.rewrite_queries = 1
+    result = answerer.ask("What is the hotel cap in London?")
+    assert not result.abstained and result.citations[0].doc_id == "policies/travel.md"
+    assert len(generator.prompts) == 2  # one rewrite prompt, one answer prompt
+    assert "search queries" in generator.prompts[0][0]["content"]

@@ -110,3 +110,19 @@ def test_search_many_matches_single_searches(retriever):
     for q, result in zip(questions, many):
         assert [h.chunk_id for h in result.hits] == [h.chunk_id for h in retriever.search(q, k=3).hits]
         assert set(result.timings) >= {"rewrite", "embed", "search"}
+
+
+def test_rewrite_parsing_dedupes_and_drops_numbering():
+    from tasks.rewrite import parse_queries
+
+    text = "1. London hotel cap\n- london HOTEL cap\n\n2) nightly accommodation limit London\nWhat is the cap?\nextra"
+    assert parse_queries(text, "What is the cap?", 2) == ["London hotel cap", "nightly accommodation limit London"]
+
+
+def test_multi_query_search_fuses_rankings(retriever):
+    from tasks.rewrite import multi_query_search
+
+    result = multi_query_search(retriever, "hotel cap", ["priority one tickets"], k=4)
+    docs = [h.doc_id for h in result.hits]
+    assert "policies/travel.md" in docs and "support/sla.html" in docs
+    assert result.hits == sorted(result.hits, key=lambda h: -h.score)
