@@ -29,6 +29,8 @@ models: setup
 demo: models
 	$(BIN)/ragtune ingest demo/corpus
 	$(BIN)/ragtune status
+	$(BIN)/ragtune search "What is the nightly hotel cap for London?" --k 3
+	$(BIN)/ragtune ask "How many requests per minute does the Tidewell API allow since version 4.2?"
 	@echo "Report: $$(ls -t $(RAGTUNE_HOME)/runs/ingest-*.md | head -1)"
 
 test: setup

@@ -76,3 +76,22 @@ def test_packaged_generator_converts_once_and_loads_once(tmp_path_factory):
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
     assert tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_cross_encoder_reranker_from_packaged_minilm_weights():
+    # No cross-encoder ships in a package: build one from the MiniLM weights (untrained head) to
+    # exercise the real CrossEncoder plumbing end to end.
+    from tasks.models import resolve_embedder
+    from tasks.rerank import make_reranker
+    from tasks.retrieve import Hit
+
+    location = resolve_embedder(PACKAGED_EMBEDDER).location
+    reranker = make_reranker(f"cross-encoder:{location}")
+    hits = [
+        Hit(f"c{i}", f"d{i}", "t", text, None, [], "/p", "text", ["*"], np.zeros(3, np.float32))
+        for i, text in enumerate(["Refunds take 14 days.", "The office is in Leeds.", "Probes report every minute."])
+    ]
+    ranked = reranker.rerank("How long do refunds take?", hits, 2)
+    assert len(ranked) == 2 and {h.chunk_id for h in ranked} <= {"c0", "c1", "c2"}
+    assert ranked[0].score >= ranked[1].score
+    assert reranker.name.startswith("cross-encoder:")
