@@ -113,6 +113,7 @@ class Vectors:
     by_hash: dict[str, np.ndarray]
     todo: dict[str, str]
     reused: int  # chunks whose vector was already stored
+    tokens: dict[str, int] = field(default_factory=dict)  # word pieces per text still to embed
 
 
 def stored_vectors(chunks: Sequence[Chunk], embedder: Embedder, store: ChunkStore) -> Vectors:
@@ -120,7 +121,8 @@ def stored_vectors(chunks: Sequence[Chunk], embedder: Embedder, store: ChunkStor
     hashes = embed_hashes(embedder, chunks)
     by_hash = store.vectors_for(hashes)
     todo = {h: c.embed_text for h, c in zip(hashes, chunks) if h not in by_hash}
-    return Vectors(by_hash=by_hash, todo=todo, reused=sum(1 for h in hashes if h in by_hash))
+    tokens = {h: c.token_count for h, c in zip(hashes, chunks) if h in todo}
+    return Vectors(by_hash=by_hash, todo=todo, reused=sum(1 for h in hashes if h in by_hash), tokens=tokens)
 
 
 def embed_missing(
@@ -135,7 +137,9 @@ def embed_missing(
     Each batch is spooled to the store before the next, so a crash loses at most one batch and
     the rerun resumes where this one stopped.
     """
-    keys = list(vectors.todo)
+    # Longest first, by word pieces: each model batch then holds texts of nearly equal length, so
+    # little compute goes to padding (sentence-transformers only sorts by characters within a call).
+    keys = sorted(vectors.todo, key=lambda h: -vectors.tokens.get(h, 0))
     for start in range(0, len(keys), batch_size):
         part = keys[start : start + batch_size]
         embedded = embed_in_batches(embedder, [vectors.todo[h] for h in part], batch_size=batch_size)
