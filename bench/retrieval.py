@@ -107,7 +107,7 @@ def quality(ranked: dict[str, list[list[str]]], gold: list[set[str]]) -> dict[st
 
 
 def methods() -> dict:
-    from tasks.rerank import MMR
+    from tasks.rerank import MMR, NewestVersion
 
     out: dict[str, dict] = {"dense": {"fusion": "dense"}, "bm25": {"fusion": "fts"}}
     for k in (60, 10):
@@ -115,6 +115,7 @@ def methods() -> dict:
     for w in (0.3, 0.4, 0.5):
         out[f"hybrid weighted {w}"] = {"fusion": "weighted", "dense_weight": w}
     out["hybrid weighted 0.4 + mmr"] = {"fusion": "weighted", "dense_weight": 0.4, "reranker": MMR(0.7)}
+    out["hybrid weighted 0.4 + newest version"] = {"fusion": "weighted", "dense_weight": 0.4, "reranker": NewestVersion()}
     return out
 
 
@@ -204,6 +205,7 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--ask-questions", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="300 rows, 10k table only, 2 asks: a smoke run")
+    parser.add_argument("--skip-latency", action="store_true", help="quality only (keeps the last latency results)")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.latency_queries, args.ask_questions = 300, 50, 2
@@ -242,8 +244,9 @@ def main() -> None:
         "queries": len(demo_rows), "corpus": "demo corpus", "metrics": quality(ranked, [set(r["gold_docs"]) for r in demo_rows])
     }
     questions = [r["question"] for r in rows][: args.latency_queries]
-    result["latency"] = {}
-    for size in [10_000] if args.quick else [10_000, 100_000]:
+    previous = RESULTS / "retrieval-latest.json"
+    result["latency"] = json.loads(previous.read_text())["latency"] if args.skip_latency and previous.is_file() else {}
+    for size in [] if args.skip_latency else [10_000] if args.quick else [10_000, 100_000]:
         store, info = synth_table(settings.lancedb_dir, halueval.table, size, f"synth_{size}")
         retriever = open_retriever(settings, f"synth_{size}")
         result["latency"][f"{size // 1000}k"] = {

@@ -57,7 +57,7 @@ class RetrievalSettings(BaseModel):
     rrf_k: int = Field(60, ge=1)
     dense_weight: float = Field(0.4, ge=0, le=1, description="Weight of the dense side in weighted fusion.")
     # MMR did not beat fusion order on either set, so it is not the default (see the benchmark).
-    reranker: str = Field("none", description="none, mmr, or cross-encoder:<path or hub id>.")
+    reranker: str = Field("none", description="none, mmr, newest, or cross-encoder:<path or hub id>.")
     mmr_lambda: float = Field(0.7, ge=0, le=1)
     rewrite_queries: int = Field(
         0, ge=0, le=5, description="LLM rewrites per question, fused with the question's own ranking (0 = off)."

@@ -3,6 +3,8 @@
 - `none`: fusion order as is;
 - `mmr`: maximal marginal relevance over the chunk vectors: trades a little relevance for
   diversity, which drops near-duplicates (old/new versions of a policy, repeated paragraphs);
+- `newest`: of near-duplicate chunks from different documents keeps one version: the year the
+  question names, else the newest;
 - `cross-encoder:<path or hub id>`: a sentence-transformers `CrossEncoder` scoring (query, chunk).
 No cross-encoder ships in a package here, so which one is the default is decided by `make bench`.
 """
@@ -10,6 +12,7 @@ No cross-encoder ships in a package here, so which one is the default is decided
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -60,6 +63,50 @@ class MMR:
         return [hits[i] for i in picked]
 
 
+_YEAR = re.compile(r"(?<!\d)(?:19|20)\d{2}(?!\d)")
+
+
+def _years(text: str) -> set[int]:
+    return {int(y) for y in _YEAR.findall(text)}
+
+
+class NewestVersion:
+    """Keeps one version of near-duplicate documents (a 2025 and a 2026 policy): the one whose title or
+    path names the year the question asks about, else the newest (year in title/path, then mtime).
+
+    The preferred version takes the rank of the best-ranked version; the other versions are moved
+    behind every distinct hit rather than dropped, so fusion order is otherwise kept.
+    """
+
+    name = "newest"
+
+    def __init__(self, duplicate_cosine: float = 0.9):
+        self.duplicate_cosine = duplicate_cosine
+
+    def rerank(self, question: str, hits: Sequence[Hit], k: int) -> list[Hit]:
+        asked = _years(question)
+
+        def preference(h: Hit) -> tuple:
+            years = _years(f"{h.doc_id} {h.title}")
+            return (bool(years & asked), max(years, default=0), h.modified.timestamp() if h.modified else 0.0)
+
+        kept: list[Hit] = []
+        demoted: list[Hit] = []
+        for hit in hits:
+            twin = next(
+                (i for i, h in enumerate(kept) if h.doc_id != hit.doc_id and float(h.vector @ hit.vector) >= self.duplicate_cosine),
+                None,
+            )
+            if twin is None:
+                kept.append(hit)
+            elif preference(hit) > preference(kept[twin]):
+                demoted.append(kept[twin])
+                kept[twin] = hit
+            else:
+                demoted.append(hit)
+        return (kept + demoted)[:k]
+
+
 @functools.lru_cache(maxsize=2)
 def _cross_encoder(location: str) -> Any:
     from sentence_transformers import CrossEncoder
@@ -89,11 +136,13 @@ class CrossEncoderReranker:
 
 
 def make_reranker(spec: str, mmr_lambda: float = 0.7) -> Reranker:
-    """`none`, `mmr` or `cross-encoder:<path or hub id>`."""
+    """`none`, `mmr`, `newest` or `cross-encoder:<path or hub id>`."""
     if spec == "none":
         return FusionOrder()
     if spec == "mmr":
         return MMR(mmr_lambda)
+    if spec == "newest":
+        return NewestVersion()
     if spec.startswith("cross-encoder:"):
         return CrossEncoderReranker(spec.split(":", 1)[1])
-    raise ValueError(f"unknown reranker {spec!r}: use none, mmr or cross-encoder:<path or hub id>")
+    raise ValueError(f"unknown reranker {spec!r}: use none, mmr, newest or cross-encoder:<path or hub id>")

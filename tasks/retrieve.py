@@ -22,7 +22,9 @@ from tasks.store import sql_str
 
 Fusion = Literal["rrf", "weighted", "dense", "fts"]
 
-_COLUMNS = ["chunk_id", "doc_id", "title", "text", "page", "heading_path", "source_path", "format", "groups", "vector"]
+_COLUMNS = [
+    "chunk_id", "doc_id", "title", "text", "page", "heading_path", "source_path", "format", "groups", "doc_modified_at", "vector",
+]
 
 # Question words and fillers that carry no retrieval signal for BM25. The index already drops
 # English stop words; these are the interrogative leftovers it keeps.
@@ -72,6 +74,7 @@ class Hit:
     format: str
     groups: list[str]
     vector: np.ndarray
+    modified: datetime | None = None
     score: float = 0.0  # the final ranking score (fusion or reranker)
     dense: float | None = None  # cosine similarity
     lexical: float | None = None  # BM25 score
@@ -101,6 +104,7 @@ def _hits(rows: Any) -> list[Hit]:
             chunk_id=cols["chunk_id"][i], doc_id=cols["doc_id"][i], title=cols["title"][i], text=cols["text"][i],
             page=cols["page"][i], heading_path=list(cols["heading_path"][i] or []), source_path=cols["source_path"][i],
             format=cols["format"][i], groups=list(cols["groups"][i] or []), vector=vectors[i].astype(np.float32),
+            modified=cols["doc_modified_at"][i],
         )
         for i in range(rows.num_rows)
     ]

@@ -126,3 +126,23 @@ def test_multi_query_search_fuses_rankings(retriever):
     docs = [h.doc_id for h in result.hits]
     assert "policies/travel.md" in docs and "support/sla.html" in docs
     assert result.hits == sorted(result.hits, key=lambda h: -h.score)
+
+
+def test_newest_version_keeps_one_version_of_near_duplicates():
+    from datetime import datetime, timezone
+
+    from tasks.rerank import NewestVersion
+    from tasks.retrieve import Hit
+
+    def hit(doc_id, vector, year_mtime):
+        v = np.asarray(vector, dtype=np.float32)
+        return Hit(f"{doc_id}#0", doc_id, doc_id, "text", None, [], "/p", "markdown", ["*"], v / np.linalg.norm(v),
+                   modified=datetime(year_mtime, 1, 1, tzinfo=timezone.utc))
+
+    old, new, other = hit("travel-2025.md", [1, 0.01, 0], 2026), hit("travel-2026.md", [1, 0, 0], 2026), hit("sla.md", [0, 1, 0], 2024)
+    reranker = NewestVersion(0.9)
+    assert [h.doc_id for h in reranker.rerank("hotel cap now?", [old, other, new], 3)] == ["travel-2026.md", "sla.md", "travel-2025.md"]
+    assert [h.doc_id for h in reranker.rerank("hotel cap in the 2025 policy?", [new, old, other], 2)] == ["travel-2025.md", "sla.md"]
+    # Same year names: the newer file wins; unrelated documents are untouched.
+    a, b = hit("notes-a.md", [0, 0, 1], 2020), hit("notes-b.md", [0, 0.01, 1], 2023)
+    assert [h.doc_id for h in reranker.rerank("notes", [a, other, b], 3)] == ["notes-b.md", "sla.md", "notes-a.md"]
