@@ -166,13 +166,7 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
         for start in range(0, len(todo.to_parse), PARSE_GROUP):
             results += parse_and_chunk(todo.to_parse[start : start + PARSE_GROUP], embedder, settings, advance)
     good = [r for r in results if r.ok]
-    for r in results:
-        if r.ok:
-            counts.added += r.file.doc_id not in previous
-            counts.updated += r.file.doc_id in previous
-        else:
-            counts.quarantined += 1
-            manifest.quarantine.append(QuarantinedFile(doc_id=r.file.doc_id, reason=r.reason or "", detail=r.detail or ""))
+    steps.tally(results, previous, manifest)
 
     with timer("embed"):
         vectors = steps.stored_vectors([c for r in good for c in r.chunks], embedder, store)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from tasks.generate import ABSTAIN, Generator, Source, base_messages, pack_sources, rag_messages
-from tasks.ground import GroundingScorer, SentenceSupport, answer_support
+from tasks.ground import DEFAULT_THRESHOLD, GroundingScorer, SentenceSupport, answer_support
 from tasks.rerank import Reranker
 from tasks.retrieve import Hit, Retriever, SearchFilters
 from tasks.rewrite import multi_query_search, rewrites
@@ -105,7 +105,7 @@ class Answerer:
         k: int = 5,
         context_tokens: int = 1024,
         min_dense: float = 0.2,
-        min_support: float = 0.61,
+        min_support: float = DEFAULT_THRESHOLD,
         rewrite_queries: int = 0,
     ):
         self.retriever, self.generator, self.scorer, self.reranker = retriever, generator, scorer, reranker

@@ -126,8 +126,7 @@ def _windows(text: str, budget: int, tokenizer: Tokenizer) -> list[str]:
     spans = tokenizer.offsets(text)
     pieces = []
     for start in range(0, len(spans), budget):
-        window = spans[start : start + budget]
-        lo = window[0][0] if start else 0
+        lo = spans[start][0] if start else 0
         hi = spans[start + budget][0] if start + budget < len(spans) else len(text)
         pieces.append(text[lo:hi].strip())
     return [p for p in pieces if p]
@@ -222,9 +221,10 @@ def chunk_section(
             half = len(group) // 2
             pending[:0] = [group[:half], group[half:]]
         else:
-            smaller = max(1, budget - (total - max_tokens) - 1)
-            pending[:0] = [[_Unit(p, group[0].sep, 0)] for p in _windows(text, smaller, tokenizer)]
-            budget = smaller
+            # One unit still too long with its context: cut it into smaller windows; the budget keeps
+            # shrinking until every window fits.
+            budget = max(1, budget - (total - max_tokens) - 1)
+            pending[:0] = [[_Unit(p, group[0].sep, 0)] for p in _windows(text, budget, tokenizer)]
     return out
 
 

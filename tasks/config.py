@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from tasks.ground import DEFAULT_THRESHOLD
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -67,7 +68,7 @@ class RetrievalSettings(BaseModel):
         0.2, ge=-1, le=1, description="Abstain without generating when the best cosine similarity is below this."
     )
     # The grounding validator's calibrated threshold (HaluEval QA dev, length-controlled): bench/results/grounding-latest.md.
-    min_support: float = Field(0.61, ge=0, le=1, description="Abstain when the answer's grounding support is below this.")
+    min_support: float = Field(DEFAULT_THRESHOLD, ge=0, le=1, description="Abstain when the answer's grounding support is below this.")
 
 
 class ChunkSettings(BaseModel):

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
-from tasks.embed import Embedder
+if TYPE_CHECKING:  # settings import this module for its threshold: keep it light
+    from tasks.embed import Embedder
 
 # Fitted by `bench/grounding.py`: weighted logistic regression (numpy, Newton) of right vs hallucinated
 # answers on HaluEval QA dev rows 0–3999, each answer weighted so both classes weigh the same within

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from data_contracts.manifest import IngestManifest, QuarantinedFile
 from data_contracts.schemas import PUBLIC_GROUP, chunk_schema, document_schema
 from tasks import parse as parse_module
-from tasks.chunk import Chunk, chunk_document, chunk_ids, embed_text, sha256
+from tasks.chunk import Chunk, chunk_document, chunk_ids, sha256
 from tasks.config import Settings
 from tasks.embed import Embedder, embed_in_batches
 from tasks.progress import Advance
@@ -248,6 +249,17 @@ def ledger_rows(
         prev.update(modified_at=_ts(f.mtime_ns), mtime_ns=f.mtime_ns, byte_size=f.size, content_hash=digest, ingested_at=now)
         rows.append(prev)
     return pa.Table.from_pylist(rows, schema=document_schema())
+
+
+def tally(results: Sequence[DocumentResult], previous: dict[str, dict[str, Any]], manifest: IngestManifest) -> None:
+    """Count parsed documents as added, updated or quarantined in the run manifest."""
+    for r in results:
+        if r.ok:
+            manifest.counts.added += r.file.doc_id not in previous
+            manifest.counts.updated += r.file.doc_id in previous
+        else:
+            manifest.counts.quarantined += 1
+            manifest.quarantine.append(QuarantinedFile(doc_id=r.file.doc_id, reason=r.reason or "", detail=r.detail or ""))
 
 
 class Timer:

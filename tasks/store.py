@@ -182,24 +182,6 @@ class ChunkStore:
                 found[h] = v
         return found
 
-    def chunk_counts(self, source_root: str, doc_ids: Sequence[str]) -> dict[str, int]:
-        table = self.chunks
-        counts: dict[str, int] = {}
-        if table is None:
-            return counts
-        for start in range(0, len(doc_ids), _IN_BATCH):
-            part = doc_ids[start : start + _IN_BATCH]
-            rows = (
-                table.search()
-                .where(f"source_root = {sql_str(source_root)} AND {sql_in('doc_id', part)}")
-                .select(["doc_id"])
-                .limit(None)
-                .to_arrow()
-            )
-            for d in rows.column("doc_id").to_pylist():
-                counts[d] = counts.get(d, 0) + 1
-        return counts
-
     # --- writing ---------------------------------------------------------------------------
 
     def _ensure(self, name: str, schema: pa.Schema) -> Any:

@@ -11,7 +11,6 @@ from tasks.generate import ABSTAIN, Generation
 from tasks.ground import LexicalSemanticScorer
 from tasks.rerank import FusionOrder
 from tasks.retrieve import SearchFilters
-from tests.unit.test_retrieve import DOCS, retriever  # noqa: F401  (fixture)
 
 
 @dataclass
