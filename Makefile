@@ -26,12 +26,15 @@ $(STAMP): pyproject.toml
 models: setup
 	$(BIN)/ragtune setup-models
 
+# The whole loop on the bundled demo: ingest → training data → a short LoRA run → documents that
+# arrive after training (the freshness probe) → the arena of base, rag, lora and hybrid → the gate →
+# the report. Prints the decision table and the report's path.
+DEMO_CONFIG := demo/ragtune.toml
 demo: models
-	$(BIN)/ragtune ingest demo/corpus
-	$(BIN)/ragtune status
-	$(BIN)/ragtune search "What is the nightly hotel cap for London?" --k 3
-	$(BIN)/ragtune ask "How many requests per minute does the Tidewell API allow since version 4.2?"
-	@echo "Report: $$(ls -t $(RAGTUNE_HOME)/runs/ingest-*.md | head -1)"
+	$(BIN)/ragtune ingest demo/corpus --config $(DEMO_CONFIG)
+	$(BIN)/ragtune train --config $(DEMO_CONFIG)
+	$(BIN)/ragtune ingest demo/updates --config $(DEMO_CONFIG)
+	$(BIN)/ragtune eval --config $(DEMO_CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest -q tests
@@ -45,6 +48,7 @@ bench: models
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/grounding.py
+	$(BIN)/python bench/training.py
 
 clean:
 	rm -rf $(VENV) $(RAGTUNE_HOME)

@@ -210,13 +210,16 @@ def ask(
     question: str = typer.Argument(..., help="Your question."),
     k: Optional[int] = typer.Option(None, "--k", help="Sources given to the model (default: retrieval.k)."),
     groups: Optional[str] = GroupsOpt,
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="A LoRA adapter directory, or `none`."),
+    adapter: Optional[str] = typer.Option(
+        None, "--adapter", help="A registered adapter name, `champion` (the default when there is one), `latest`, a directory, or `none`."
+    ),
     table: Optional[str] = typer.Option(None, "--table"),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """A grounded answer with citations, or an honest "the documents don't answer this"."""
     from tasks.config import load_settings
+    from tasks.registry import AdapterNotFound
     from tasks.resources import make_answerer, search_filters
     from tasks.store import StoreError
 
@@ -224,8 +227,8 @@ def ask(
     if k:
         settings = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"k": k})})
     try:
-        answerer = make_answerer(settings, table, adapter=None if adapter in (None, "none") else Path(adapter))
-    except StoreError as e:
+        answerer = make_answerer(settings, table, adapter=_adapter_path(settings, adapter or "champion"))
+    except (StoreError, AdapterNotFound) as e:
         _fail(str(e), as_json=as_json)
     result = answerer.ask(question, search_filters(settings, _groups(groups))).as_dict()
     lines = [result["answer"], ""]
@@ -249,6 +252,200 @@ def setup_models(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) ->
     location, _ = resolve_generator(settings.generator.model, settings.models_dir)
     payload = {"embedder": embedder.fingerprint, "dimension": embedder.dimension, "generator": location}
     _emit(as_json, payload, f"embedder {embedder.fingerprint} ({embedder.dimension}-d); generator at {location}")
+
+
+def _adapter_path(settings: Any, ref: str) -> Optional[Path]:
+    from tasks.registry import Registry
+
+    return Registry(settings.adapters_dir, settings.locks_dir).resolve(ref)
+
+
+dataset_app = typer.Typer(no_args_is_help=True, help="Training datasets.")
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("build")
+def dataset_build(
+    table: Optional[str] = typer.Option(None, "--table", help="Chunk table the RAFT examples retrieve from."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build the training dataset from the `[dataset]` sources, validated by its contract (runs `build-dataset`)."""
+    from tasks.dataset import DatasetError
+    from tasks.store import StoreError
+    from tasks.validate import ContractViolation
+
+    _prepare_env()
+    from flows.dataset import build_dataset
+    from tasks.report import dataset_markdown
+
+    try:
+        summary = build_dataset(table=table, config_file=str(config) if config else None)
+    except (DatasetError, StoreError, ContractViolation, FileNotFoundError, ValueError) as e:
+        _fail(str(e), as_json=as_json)
+    _emit(as_json, summary, dataset_markdown(summary, []))
+
+
+@app.command()
+def train(
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap on optimizer steps for this run."),
+    force: bool = typer.Option(False, "--force", help="Train even when nothing changed since the newest adapter."),
+    table: Optional[str] = typer.Option(None, "--table"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build the dataset and train a LoRA candidate when data, base model or recipe changed (runs `retrain`)."""
+    from tasks.dataset import DatasetError
+    from tasks.store import StoreError
+    from tasks.validate import ContractViolation
+
+    _prepare_env()
+    from flows.retrain import retrain
+    from tasks.report import retrain_markdown
+
+    try:
+        result = retrain(force=force, max_steps=max_steps, table=table, config_file=str(config) if config else None)
+    except (DatasetError, StoreError, ContractViolation, FileNotFoundError, ValueError) as e:
+        _fail(str(e), as_json=as_json)
+    except Exception as e:  # noqa: BLE001 - any other failure: say what and that nothing was lost
+        _fail(f"training failed ({type(e).__name__}: {e}); the registry is unchanged, rerun to resume from the last checkpoint",
+              as_json=as_json)
+    _emit(as_json, result, retrain_markdown(result))
+
+
+adapters_app = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")
+app.add_typer(adapters_app, name="adapters")
+
+
+def _registry(config: Optional[Path]) -> Any:
+    from tasks.config import load_settings
+    from tasks.registry import Registry
+
+    settings = load_settings(config)
+    return Registry(settings.adapters_dir, settings.locks_dir)
+
+
+@adapters_app.command("list")
+def adapters_list(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Every adapter with its status, data and losses, oldest first."""
+    adapters = _registry(config).adapters()
+    lines = ["| adapter | status | created | dataset | train loss | val loss | steps |", "|---|---|---|---|---:|---:|---:|"]
+    for a in adapters:
+        m = a.metadata
+        val = m.get("val_loss")
+        lines.append(
+            f"| `{a.name}` | {a.status} | {m.get('created_at', '')} | `{str(m.get('dataset_hash', ''))[:12]}` | "
+            f"{m.get('train_loss', float('nan')):.4f} | {'-' if val is None else f'{val:.4f}'} | {m.get('training', {}).get('steps', '')} |"
+        )
+    human = "\n".join(lines) if adapters else "no adapters yet: run `ragtune train`"
+    _emit(as_json, {"adapters": [a.as_dict() for a in adapters]}, human)
+
+
+@adapters_app.command("show")
+def adapters_show(name: str = typer.Argument("champion", help="Adapter name, `champion` or `latest`."), config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """One adapter's metadata and decision history."""
+    from tasks.registry import AdapterNotFound
+
+    registry = _registry(config)
+    try:
+        adapter = registry.champion() if name == "champion" else (registry.latest() if name == "latest" else registry.get(name))
+    except AdapterNotFound as e:
+        _fail(str(e), as_json=as_json)
+    if adapter is None:
+        _fail(f"there is no {name} adapter yet", as_json=as_json)
+    payload = {**adapter.as_dict(), "decisions": adapter.decisions()}
+    _emit(as_json, payload, json.dumps(payload, indent=2, default=str))
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: str = typer.Argument(..., help="The adapter to make champion."),
+    reason: str = typer.Option("manual promotion", "--reason"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Make an adapter the champion by hand (the nightly gate does this when the numbers say so)."""
+    from tasks.registry import AdapterNotFound, RegistryError
+
+    try:
+        previous = _registry(config).promote(name, reason, {"by": "cli"})
+    except (AdapterNotFound, RegistryError) as e:
+        _fail(str(e), as_json=as_json)
+    _emit(as_json, {"champion": name, "previous": previous}, f"{name} is now champion (was: {previous or 'none'})")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    reason: str = typer.Option("manual rollback", "--reason"), config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt
+) -> None:
+    """Undo the latest promotion: the previous champion (or none) serves again."""
+    from tasks.registry import RegistryError
+
+    try:
+        rolled_back, restored = _registry(config).rollback(reason)
+    except RegistryError as e:
+        _fail(str(e), as_json=as_json)
+    _emit(as_json, {"rolled_back": rolled_back, "champion": restored}, f"rolled back {rolled_back}; champion is now {restored or 'none (base model)'}")
+
+
+@app.command("eval")
+def eval_(
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated subset of base,rag,lora,hybrid."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N questions."),
+    eval_set: Optional[Path] = typer.Option(None, "--eval-set", help="Evaluation JSONL (default: evaluation.path)."),
+    no_gate: bool = typer.Option(False, "--no-gate", help="Report the gate's verdict without changing the registry."),
+    table: Optional[str] = typer.Option(None, "--table"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The arena: every arm on the evaluation set, the promotion gate, and the report (runs `evaluate`)."""
+    from tasks.evalset import EvalSetError
+    from tasks.registry import AdapterNotFound
+    from tasks.store import StoreError
+    from tasks.validate import ContractViolation
+
+    chosen = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    unknown = sorted(set(chosen or []) - {"base", "rag", "lora", "hybrid"})
+    if unknown:
+        _fail(f"unknown arm(s) {', '.join(unknown)}: choose from base, rag, lora, hybrid", code=2, as_json=as_json)
+    _prepare_env()
+    from flows.evaluate import evaluate
+
+    try:
+        result = evaluate(
+            arms=chosen, limit=limit, eval_set_path=str(eval_set) if eval_set else None, apply_gate=False if no_gate else None,
+            table=table, config_file=str(config) if config else None,
+        )
+    except (EvalSetError, StoreError, ContractViolation, AdapterNotFound, FileNotFoundError, ValueError) as e:
+        _fail(str(e), as_json=as_json)
+    _emit(as_json, {k: v for k, v in result.items() if k != "summary"}, result["summary"])
+
+
+@app.command()
+def report(
+    run_id: Optional[str] = typer.Argument(None, help="A run id under <home>/reports (default: the latest)."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print an evaluation run's summary (decision table, gate) and where its Markdown and HTML reports are."""
+    from data_contracts.evaluation import EvalRun
+    from tasks.config import load_settings
+    from tasks.eval_report import ReportFiles, summary_markdown
+
+    settings = load_settings(config)
+    reports = settings.reports_dir
+    if run_id is None:
+        pointer = reports / "LATEST"
+        if not pointer.is_file():
+            _fail(f"no evaluation run under {reports} yet: run `ragtune eval`", as_json=as_json)
+        run_id = pointer.read_text().strip()
+    folder = reports / run_id
+    if not (folder / "results.json").is_file():
+        known = ", ".join(sorted(p.parent.name for p in reports.glob("*/results.json"))) or "none"
+        _fail(f"no evaluation run {run_id!r} under {reports} (runs: {known})", as_json=as_json)
+    run = EvalRun.model_validate_json((folder / "results.json").read_text())
+    files = ReportFiles(markdown=folder / "report.md", html=folder / "report.html", charts=sorted((folder / "charts").glob("*.png")))
+    _emit(as_json, {"run_id": run_id, "report": str(files.html), "markdown": str(files.markdown)}, summary_markdown(run, files))
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,8 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DATA = REPO / "bench" / "data"
-RESULTS = REPO / "bench" / "results"
+from bench.common import DATA, RESULTS, bench_home, write_results  # noqa: E402
 DEPTH = 50
 KS = (1, 5, 10)
 
@@ -209,14 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rows, args.latency_queries, args.ask_questions = 300, 50, 2
-    home = DATA / "home-retrieval"
-    os.environ["RAGTUNE_HOME"] = str(home)
-    os.environ.setdefault("RAGTUNE_TORCH_THREADS", "2")
-    os.environ["RAGTUNE_PROGRESS"] = "0"
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    bench_home(DATA / "home-retrieval", 2)
     from prefect.testing.utilities import prefect_test_harness
 
     from tasks.config import load_settings
@@ -256,13 +247,7 @@ def main() -> None:
         }
     result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result["seconds"] = round(time.perf_counter() - started, 1)
-    try:
-        result["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    except OSError:
-        result["commit"] = None
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "retrieval-latest.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "retrieval-latest.md").write_text(markdown(result))
+    write_results("retrieval", result, markdown(result))
     (settings.home / "bench").mkdir(parents=True, exist_ok=True)
     (settings.home / "bench" / f"retrieval-{result['finished_at'].replace(':', '')}.json").write_text(json.dumps(result, indent=2))
     print(markdown(result))

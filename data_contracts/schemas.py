@@ -89,3 +89,42 @@ def document_schema() -> pa.Schema:
 def vector_dimension(schema: pa.Schema) -> int:
     """Dimension of the `vector` column of a stored chunk table."""
     return schema.field("vector").type.list_size
+
+
+# One row per training example (`ragtune dataset build`): what the LoRA recipe trains on, plus the
+# derived columns its contract (`suites.training_suite`) checks. Saved as Arrow under datasets/.
+MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+EXAMPLE_KINDS = ("instruction", "raft", "closed_book")
+ROLES = ("system", "user", "assistant")
+
+TRAINING_COLUMNS: tuple[Column, ...] = (
+    Column("example_id", pa.string(), True, "sha256 of the example's messages: identical examples share an id."),
+    Column("kind", pa.string(), True, "instruction (user data), raft (question + retrieved sources) or closed_book."),
+    Column("origin", pa.string(), True, "Where the row came from: file and line."),
+    Column("messages", pa.list_(MESSAGE_TYPE), True, "The chat: system/user turns, ending with the assistant's target."),
+    Column("question", pa.string(), True, "The last user question (the sources stripped for RAFT rows)."),
+    Column("answer", pa.string(), True, "The assistant target (last message)."),
+    Column("split", pa.string(), True, "train or validation; paraphrases of one question share a split."),
+    Column("group_key", pa.string(), True, "Rows sharing it (one question's variants, a paraphrase group) share a split."),
+    Column("gold_answer", pa.string(), False, "RAFT: the gold answer the target states."),
+    Column("has_oracle", pa.bool_(), False, "RAFT: whether the oracle chunk is among the sources (else the target abstains)."),
+    Column("oracle_chunk_id", pa.string(), False, "RAFT: the chunk the answer comes from."),
+    Column("oracle_text", pa.string(), False, "RAFT: that chunk's text."),
+    Column("distractor_chunk_ids", pa.list_(pa.string()), False, "RAFT: retrieved chunks given as distractors (hard negatives)."),
+    Column("table_version", pa.int64(), False, "RAFT: version of the chunk table the sources came from."),
+    # Derived by the builder for the contract.
+    Column("n_tokens", pa.int32(), True, "Tokens of the rendered chat with the generator's tokenizer."),
+    Column("roles_ok", pa.bool_(), True, "Every turn has a known role and non-empty content, and the last is the assistant's."),
+    Column("pii_found", pa.int32(), True, "PII matches in the row as given (emails, phones, cards, IBANs, national ids)."),
+    Column("pii_remaining", pa.int32(), True, "PII matches left after redaction (0 unless the policy is reject)."),
+    Column("eval_similarity", pa.float32(), True, "Highest cosine between the question and any evaluation question."),
+    Column("duplicate_of", pa.string(), False, "example_id of an earlier identical row; null for the first."),
+    Column("oracle_supported", pa.bool_(), False, "RAFT with oracle: the gold answer appears in the oracle chunk."),
+)
+
+SPLITS = ("train", "validation")
+
+
+def training_schema() -> pa.Schema:
+    """Arrow schema of a training dataset split."""
+    return pa.schema([c.field() for c in TRAINING_COLUMNS])

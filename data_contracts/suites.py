@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from data_contracts.evaluation import EVAL_COLUMNS
 from data_contracts.schemas import (
     CHUNK_COLUMNS,
     DOCUMENT_COLUMNS,
     DOCUMENT_STATUSES,
+    EXAMPLE_KINDS,
     FORMATS,
+    SPLITS,
+    TRAINING_COLUMNS,
     Column,
 )
 
@@ -98,3 +102,58 @@ def document_suite() -> Suite:
         ),
     ]
     return {"name": "documents", "expectations": expectations}
+
+
+def training_row_suite(max_tokens: int, leakage_cosine: float) -> Suite:
+    """Per-row contract for training examples: each failing row is named and moved to the rejects file."""
+    expectations = _required(TRAINING_COLUMNS)
+    expectations += [
+        _expect("expect_column_values_to_be_in_set", column="kind", value_set=list(EXAMPLE_KINDS)),
+        _expect("expect_column_values_to_be_in_set", column="split", value_set=list(SPLITS)),
+        _expect("expect_column_values_to_be_in_set", column="roles_ok", value_set=[True]),
+        _expect("expect_column_value_lengths_to_be_between", column="answer", min_value=1),
+        _expect("expect_column_values_to_be_between", column="n_tokens", min_value=1, max_value=max_tokens),
+        _expect("expect_column_values_to_be_between", column="pii_remaining", min_value=0, max_value=0),
+        _expect(
+            "expect_column_values_to_be_between",
+            column="eval_similarity",
+            max_value=leakage_cosine,
+            strict_max=True,
+        ),
+        # Nulls are skipped by GX map expectations: only the first copy of a row passes.
+        _expect("expect_column_values_to_be_null", column="duplicate_of"),
+        _expect("expect_column_values_to_be_in_set", column="oracle_supported", value_set=[True]),
+        _expect("expect_column_values_to_not_be_null", column="has_oracle", row_condition=_when("kind", "raft")),
+    ]
+    return {"name": "training_examples", "expectations": expectations}
+
+
+def training_set_suite(max_duplicate_rate: float, min_rows: int = 1) -> Suite:
+    """Whole-set contract for training examples: breaking it fails the build (nothing is saved)."""
+    return {
+        "name": "training_set",
+        "expectations": [
+            _expect("expect_table_row_count_to_be_between", min_value=min_rows),
+            _expect(
+                "expect_column_proportion_of_unique_values_to_be_between",
+                column="example_id",
+                min_value=1.0 - max_duplicate_rate,
+            ),
+        ],
+    }
+
+
+def eval_set_suite() -> Suite:
+    """Contract for evaluation-set rows: unique ids, real questions, gold answers where answerable.
+
+    Checked on a derived column `answers_ok` (answerable rows have a non-empty gold answer).
+    """
+    expectations = _required(EVAL_COLUMNS)
+    expectations += [
+        _expect("expect_column_values_to_be_unique", column="id"),
+        _expect("expect_column_value_lengths_to_be_between", column="id", min_value=1),
+        _expect("expect_column_value_lengths_to_be_between", column="question", min_value=3),
+        _expect("expect_column_values_to_be_in_set", column="answers_ok", value_set=[True]),
+        _expect("expect_table_row_count_to_be_between", min_value=1),
+    ]
+    return {"name": "eval_set", "expectations": expectations}

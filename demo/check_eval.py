@@ -32,12 +32,14 @@ from pathlib import Path
 
 DEMO = Path(__file__).resolve().parent
 CORPUS = DEMO / "corpus"
+# Documents `make demo` ingests after training (the freshness probe): gold docs of "fresh" rows live here.
+UPDATES = DEMO / "updates"
 EVAL = DEMO / "eval.jsonl"
 BROKEN = {"finance/q3-board-pack.pdf"}
 
 FIELDS = ["id", "question", "answers", "gold_docs", "answerable", "category",
           "paraphrase_group", "split"]
-CATEGORIES = {"numeric", "date", "procedure", "policy", "entity", "yes_no", "multi_doc"}
+CATEGORIES = {"numeric", "date", "procedure", "policy", "entity", "yes_no", "multi_doc", "fresh"}
 FORMATS = {".md": "Markdown", ".html": "HTML", ".txt": "Plain text", ".pdf": "PDF",
            ".docx": "DOCX"}
 
@@ -134,9 +136,13 @@ def corpus_files() -> list[Path]:
 _cache: dict[str, str] = {}
 
 
+def doc_path(rel: str) -> Path:
+    return CORPUS / rel if (CORPUS / rel).is_file() else UPDATES / rel
+
+
 def doc_text(rel: str) -> str:
     if rel not in _cache:
-        p = CORPUS / rel
+        p = doc_path(rel)
         _cache[rel] = norm(EXTRACT[p.suffix](p))
     return _cache[rel]
 
@@ -213,7 +219,7 @@ def check_eval(rows: list[dict], errors: list[str]) -> None:
         if list(r.keys()) != FIELDS:
             errors.append(f"{rid}: fields {list(r.keys())} != {FIELDS}")
             continue
-        if not re.fullmatch(r"q\d{3}", rid):
+        if not re.fullmatch(r"[qf]\d{3}", rid):
             errors.append(f"{rid}: bad id")
         if r["category"] not in CATEGORIES:
             errors.append(f"{rid}: bad category {r['category']}")
@@ -240,7 +246,7 @@ def check_eval(rows: list[dict], errors: list[str]) -> None:
         for g in r["gold_docs"]:
             if g in BROKEN:
                 errors.append(f"{rid}: gold doc {g} is the broken file")
-            elif not (CORPUS / g).is_file():
+            elif not doc_path(g).is_file():
                 errors.append(f"{rid}: gold doc {g} does not exist")
             else:
                 texts[g] = doc_text(g)

@@ -19,6 +19,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import load_settings
+from tasks.jsonl import JsonlError, read_objects
+from tasks.registry import Registry
 from tasks.resources import make_answerer, search_filters
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -31,18 +33,14 @@ class BadQuestions(Exception):
 
 @task(name="read-questions", **_TASK)
 def read_questions(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadQuestions(f"{path}:{n} is not valid JSON ({e.msg})") from e
-        if not isinstance(row, dict) or not str(row.get("question", "")).strip():
-            raise BadQuestions(f"{path}:{n} has no non-empty 'question' field")
-        rows.append(row)
-    return rows
+    try:
+        objects = read_objects(path)
+    except JsonlError as e:
+        raise BadQuestions(str(e)) from e
+    for origin, row in objects:
+        if not str(row.get("question", "")).strip():
+            raise BadQuestions(f"{origin} has no non-empty 'question' field")
+    return [row for _, row in objects]
 
 
 @task(name="answer-batch", **_TASK)
@@ -87,7 +85,7 @@ def answer(
     table: str | None = None,
     groups: list[str] | None = None,
     retrieval: bool = True,
-    adapter: str | None = None,
+    adapter: str | None = "champion",
     config_file: str | None = None,
 ) -> dict[str, Any]:
     """Answer every `question` in a JSONL file.
@@ -98,12 +96,14 @@ def answer(
         table: chunk table (default from settings).
         groups: the caller's access groups (default `retrieval.groups`).
         retrieval: false answers closed-book (no documents), for comparison arms.
-        adapter: a LoRA adapter directory to load on the generator.
+        adapter: a registered adapter name, `champion` (none when there is no champion), `latest`,
+            an adapter directory, or `none`.
         config_file: optional TOML settings file.
     """
     settings = load_settings(config_file)
     rows = read_questions(Path(questions_file))
-    answerer = make_answerer(settings, table, retrieval=retrieval, adapter=Path(adapter) if adapter else None)
+    adapter_dir = Registry(settings.adapters_dir, settings.locks_dir).resolve(adapter)
+    answerer = make_answerer(settings, table, retrieval=retrieval, adapter=adapter_dir)
     filters = search_filters(settings, groups)
     answers: list[dict[str, Any]] = []
     for start in range(0, len(rows), BATCH):

@@ -53,6 +53,7 @@ class Answer:
     reason: str | None = None  # why it abstained
     draft: str | None = None  # the generated text when it was withheld
     closest_sources: list[Citation] = field(default_factory=list)
+    retrieved: list[str] = field(default_factory=list)  # doc ids of the ranked candidates (for retrieval metrics)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class Answer:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "draft": self.draft,
             "closest_sources": [c.__dict__ for c in self.closest_sources],
+            "retrieved": self.retrieved,
         }
 
 
@@ -91,6 +93,10 @@ class _Pending:
     sources: list[Source]
     timings: dict[str, float]
     reason: str | None = None
+    ranking: list[str] = field(default_factory=list)
+
+
+RANKING_DEPTH = 20  # candidates kept on an answer for retrieval metrics (nDCG@10 needs 10)
 
 
 class Answerer:
@@ -132,6 +138,8 @@ class Answerer:
                 continue
             p.timings["generate"] = per_question
             answers.append(self._validate(p, drafts[id(p)]))
+        for p, a in zip(pending, answers):
+            a.retrieved = p.ranking
         return answers
 
     def _search(self, questions: Sequence[str], filters: SearchFilters | None) -> list[Any]:
@@ -160,7 +168,9 @@ class Answerer:
             reason = "no_sources"
         elif best is not None and best < self.min_dense:
             reason = "low_retrieval_confidence"
-        return _Pending(question, hits, sources, timings, reason)
+        chosen = {h.chunk_id for h in hits}
+        ranking = [h.doc_id for h in hits] + [h.doc_id for h in result.hits if h.chunk_id not in chosen]
+        return _Pending(question, hits, sources, timings, reason, ranking[:RANKING_DEPTH])
 
     def _validate(self, p: _Pending, draft: str) -> Answer:
         start = time.perf_counter()

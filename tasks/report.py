@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
 from data_contracts.manifest import IngestManifest
 
@@ -74,5 +75,55 @@ def ingest_markdown(m: IngestManifest, path: Path | None = None) -> str:
         lines += [
             f"Indexes: full-text {m.index.get('fts')}, vector {m.index.get('vector')}"
             + (f" (ANN recall@10 vs flat {recall:.3f})" if recall is not None else "")
+        ]
+    return "\n".join(lines)
+
+
+def dataset_markdown(summary: dict[str, Any], rejects: Sequence[Any], show: int = 10) -> str:
+    """A dataset build: counts per split and kind, PII, rejects by rule with a few examples."""
+    c = summary["counts"]
+    lines = [
+        f"# Training dataset `{summary['hash'][:12]}`",
+        "",
+        f"Saved at `{summary['path']}`; rejected rows in `{summary['rejects']}`.",
+        "",
+        "| train | validation | rejected | instruction | raft | raft without oracle | closed-book | PII found | tokens | longest |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {c['train']} | {c['validation']} | {c['rejected']} | {c['by_kind'].get('instruction', 0)} | "
+        f"{c['by_kind'].get('raft', 0)} | {c['raft_without_oracle']} | {c['by_kind'].get('closed_book', 0)} | "
+        f"{c['pii_found']} | {c['tokens']['total']} | {c['tokens']['max']} |",
+    ]
+    if c["rejects_by_reason"]:
+        lines += ["", "| rejected for | rows |", "|---|---:|"]
+        lines += [f"| {_md_escape(k)} | {v} |" for k, v in sorted(c["rejects_by_reason"].items(), key=lambda kv: -kv[1])]
+    if rejects:
+        lines += ["", "| row | reasons |", "|---|---|"]
+        lines += [f"| `{_md_escape(r.origin)}` | {_md_escape('; '.join(r.reasons))} |" for r in rejects[:show]]
+        if len(rejects) > show:
+            lines.append(f"| … | {len(rejects) - show} more in the rejects file |")
+    return "\n".join(lines)
+
+
+def retrain_markdown(result: dict[str, Any]) -> str:
+    """A retraining run: trained or skipped and why, and the new candidate's numbers."""
+    ds = result["dataset"]
+    lines = [
+        f"# Retrain: {'trained a candidate' if result['trained'] else 'skipped'}",
+        "",
+        f"Why: {result['reason']}.",
+        "",
+        f"Dataset `{ds['hash'][:12]}`: {ds['counts']['train']} train / {ds['counts']['validation']} validation rows, "
+        f"{ds['counts']['rejected']} rejected.",
+    ]
+    a = result.get("adapter")
+    if a:
+        t = a.get("training", {})
+        val = a.get("val_loss")
+        lines += [
+            "",
+            "| adapter | status | steps | train loss | val loss | tokens/s | wall s | peak RSS MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            f"| `{a['name']}` | {a['status']} | {t.get('steps')} | {a['train_loss']:.4f} | "
+            f"{'-' if val is None else f'{val:.4f}'} | {a['tokens_per_s']:.0f} | {a['wall_s']:.0f} | {t.get('peak_rss_mb', 0):.0f} |",
         ]
     return "\n".join(lines)

@@ -26,10 +26,14 @@ class Failure:
     expectation: str
     column: str | None
     unexpected_count: int
-    rows: list[str]
+    rows: list[str]  # a sample, by key
+    indexes: list[int] = field(default_factory=list, repr=False)  # every failing row's position
+    observed: Any = None  # what a whole-table expectation measured
 
     def __str__(self) -> str:
         where = f" on column {self.column!r}" if self.column else ""
+        if not self.unexpected_count and self.observed is not None:
+            return f"{self.expectation}{where} failed: observed {self.observed}"
         rows = f"; rows: {', '.join(self.rows)}" if self.rows else ""
         return f"{self.expectation}{where} failed for {self.unexpected_count} row(s){rows}"
 
@@ -51,7 +55,7 @@ class ValidationReport:
             "rows": self.rows,
             "evaluated": self.evaluated,
             "success": self.success,
-            "failures": [f.__dict__ for f in self.failures],
+            "failures": [{k: v for k, v in f.__dict__.items() if k != "indexes"} for f in self.failures],
         }
 
 
@@ -140,6 +144,8 @@ def validate(table: pa.Table, suite: Suite, key: str) -> ValidationReport:
                 column=kwargs.get("column") or ",".join(kwargs.get("column_list") or []) or None,
                 unexpected_count=int(count),
                 rows=rows,
+                indexes=[i for i in indexes if isinstance(i, int)],
+                observed=(r.result or {}).get("observed_value"),
             )
         )
     log.info("contract %s: %d rows, %d expectations, %d failed", name, report.rows, report.evaluated, len(report.failures))

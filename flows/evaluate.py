@@ -1,0 +1,227 @@
+"""The `evaluate` flow: the RAG vs fine-tune vs hybrid arena, the promotion gate and the report.
+
+    ragtune eval [--arms base,rag] [--limit N]        # the CLI runs this flow
+    prefect deploy --all                               # and the nightly chain calls it
+
+Reads top to bottom: load and validate the evaluation set → run each arm (batched) → run the
+canary per model → score every arm with bootstrap intervals → gate the candidate adapter →
+write results, per-question records and the report under `<home>/reports/<run_id>/`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from data_contracts.evaluation import ArmResult, EvalRun, GateResult, QuestionRecord
+from tasks import arena
+from tasks.config import Settings, load_settings
+from tasks.evalset import EvalSet, load_canary, load_eval_set
+from tasks.gate import decide
+from tasks.metrics import ScoringRules
+from tasks.progress import progress_bar
+from tasks.registry import Registry
+from tasks.models import load_embedder_for
+from tasks.resources import make_answerer, open_retriever, search_filters
+
+_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="load-eval-set", **_TASK)
+def eval_set(settings: Settings, path: str | None, limit: int | None) -> EvalSet:
+    chosen = Path(path) if path else settings.evaluation.path
+    if chosen is None:
+        raise ValueError("no evaluation set: set evaluation.path in the config or pass --eval-set FILE.jsonl")
+    return load_eval_set(chosen, settings.evaluation.split, limit or settings.evaluation.limit)
+
+
+@task(name="answer-arm", **_TASK)
+def answer_arm(spec: arena.ArmSpec, rows: list[dict[str, Any]], settings: Settings, table: str | None) -> arena.ArmRun:
+    answerer = make_answerer(settings, table, retrieval=spec.retrieval, adapter=spec.adapter.path if spec.adapter else None)
+    with progress_bar(f"{spec.name:>16}", len(rows), unit="q") as advance:
+        return arena.run_arm(spec, rows, answerer, search_filters(settings), settings.generator.batch_size, on_batch=advance)
+
+
+@task(name="score-arms", **_TASK)
+def score_arms(runs: list[arena.ArmRun], fresh: dict[str, list[bool]], settings: Settings) -> dict[str, dict[str, list[float | None]]]:
+    """Metrics with intervals on every arm (kept on the runs); returns the per-question scores per arm."""
+    rules = ScoringRules(k=settings.retrieval.k, support_threshold=settings.retrieval.min_support)
+    embed = load_embedder_for(settings).embed
+    ev = settings.evaluation
+    return {
+        run.spec.name: arena.score_arm(run, rules, embed, fresh.get(run.spec.name, [False] * len(run.results)), ev.resamples, ev.confidence)[1]
+        for run in runs
+    }
+
+
+@task(name="promotion-gate", **_TASK)
+def promotion_gate(runs: list[arena.ArmRun], canary: dict[str, arena.ArmRun], settings: Settings, registry: Registry) -> GateResult | None:
+    """Gate the candidate's hybrid arm against the champion's (or base rag) and apply the verdict."""
+    by_name = {r.spec.name: r for r in runs}
+    candidate = next((r for r in runs if r.spec.kind == "hybrid" and r.spec.role == "candidate"), None)
+    if candidate is None:
+        return None
+    champion = next((r for r in runs if r.spec.kind == "hybrid" and r.spec.role == "champion"), None)
+    incumbent = champion or by_name.get("rag")
+    if incumbent is None:
+        return None
+    ev = settings.evaluation
+    decision = decide(
+        candidate.results,
+        incumbent.results,
+        canary[candidate.spec.model].results,
+        canary[incumbent.spec.model].results,
+        primary=ev.primary,
+        tolerances={"groundedness": ev.guard_tolerance, "hallucination_rate": ev.guard_tolerance, "canary": ev.canary_tolerance},
+        rules=ScoringRules(k=settings.retrieval.k, support_threshold=settings.retrieval.min_support),
+        resamples=ev.resamples,
+        confidence=ev.confidence,
+    )
+    name = candidate.spec.adapter.name  # type: ignore[union-attr]
+    against = champion.spec.adapter.name if champion else "base"  # type: ignore[union-attr]
+    if ev.apply_gate:
+        reason = decision.reasons[0]
+        if decision.promote:
+            registry.promote(name, reason, {"gate": decision.as_dict(), "incumbent": against})
+        else:
+            registry.reject(name, reason, {"gate": decision.as_dict(), "incumbent": against})
+    return GateResult(candidate=name, incumbent=against, promote=decision.promote, applied=ev.apply_gate,
+                      reasons=decision.reasons, numbers=decision.numbers)
+
+
+def _records(run_id: str, runs: list[arena.ArmRun], scores: dict[str, dict[str, list[float | None]]], fresh: dict[str, list[bool]]) -> list[QuestionRecord]:
+    out = []
+    for run in runs:
+        per = scores[run.spec.name]
+        for i, (r, a) in enumerate(zip(run.results, run.answers)):
+            values = {m: v[i] for m, v in per.items()}
+            out.append(QuestionRecord(
+                run_id=run_id, arm=run.spec.name, id=r.id, question=r.question, answer=r.answer, abstained=r.abstained,
+                answerable=r.answerable, golds=r.golds, category=r.category, paraphrase_group=r.paraphrase_group,
+                correct=None if values.get("accuracy") is None else bool(values["accuracy"]),
+                fresh=fresh[run.spec.name][i], scores=values, citations=arena.cited_docs(a),
+            ))
+    return out
+
+
+def _arm_result(run: arena.ArmRun) -> ArmResult:
+    a = run.spec.adapter
+    return ArmResult(
+        name=run.spec.name, kind=run.spec.kind, adapter=a.name if a else None, adapter_role=run.spec.role,  # type: ignore[arg-type]
+        retrieval=run.spec.retrieval, metrics={k: v.as_dict() for k, v in run.metrics.items()},  # type: ignore[misc]
+        questions=len(run.results), wall_s=round(run.wall_s, 3), questions_per_min=round(run.questions_per_min, 2),
+        train_wall_s=a.metadata.get("wall_s") if a else None,
+    )
+
+
+def previous_runs(reports_dir: Path, eval_path: str) -> list[tuple[EvalRun, Path]]:
+    """Earlier runs on the same evaluation file, oldest first."""
+    out = []
+    for d in sorted(reports_dir.glob("*/results.json")):
+        try:
+            run = EvalRun.model_validate_json(d.read_text())
+        except ValueError:
+            continue  # a results file from an older schema: not comparable
+        if run.eval_path == eval_path:
+            out.append((run, d.parent))
+    return out
+
+
+def read_records(run_dir: Path) -> list[QuestionRecord]:
+    f = run_dir / "questions.jsonl"
+    return [QuestionRecord.model_validate_json(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
+
+
+@flow(name="evaluate", log_prints=False)
+def evaluate(
+    arms: list[str] | None = None,
+    limit: int | None = None,
+    eval_set_path: str | None = None,
+    apply_gate: bool | None = None,
+    table: str | None = None,
+    config_file: str | None = None,
+) -> dict[str, Any]:
+    """Run the arena on the evaluation set, gate the candidate adapter, write the report.
+
+    Args:
+        arms: subset of base, rag, lora, hybrid (default: `evaluation.arms`).
+        limit: evaluate only the first N questions.
+        eval_set_path: evaluation JSONL (default: `evaluation.path`).
+        apply_gate: promote/reject the candidate in the registry (default: `evaluation.apply_gate`).
+        table: chunk table (default from settings).
+        config_file: optional TOML settings file.
+    """
+    from tasks.eval_report import summary_markdown
+
+    settings = load_settings(config_file)
+    if apply_gate is not None:
+        settings = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(update={"apply_gate": apply_gate})})
+    ev = eval_set(settings, eval_set_path, limit)
+    canary_set = load_canary(settings.evaluation.canary)
+    registry = Registry(settings.adapters_dir, settings.locks_dir)
+    specs, notes = arena.arm_specs(arms or settings.evaluation.arms, registry)
+    needs_index = any(s.retrieval for s in specs)
+    chunks = open_retriever(settings, table).table if needs_index else None
+
+    runs = [answer_arm(spec, ev.rows, settings, table) for spec in specs]
+    canary = {
+        s.model: answer_arm(arena.ArmSpec(f"canary:{s.model}", s.kind, False, s.adapter, s.role), canary_set.rows, settings, None)
+        for s in {s.model: s for s in specs}.values()
+    }
+    fresh = arena.freshness(runs, chunks)
+    scores = score_arms(runs, fresh, settings)
+    score_arms(list(canary.values()), {}, settings)
+    gate = promotion_gate(runs, canary, settings, registry)
+
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    result = EvalRun(
+        run_id=run_id, created_at=datetime.now(timezone.utc), eval_path=str(ev.path), eval_split=ev.split, eval_hash=ev.hash,
+        questions=len(ev.rows), table=table or settings.store.table, table_version=arena.table_version(chunks),
+        generator=settings.generator.model,
+        settings={"generator": settings.generator.model_dump(mode="json"), "retrieval": settings.retrieval.model_dump(mode="json"),
+                  "notes": notes},
+        arms=[_arm_result(r) for r in runs],
+        canary={m: {k: v.as_dict() for k, v in c.metrics.items()} for m, c in canary.items()},  # type: ignore[misc]
+        gate=gate,
+        fresh_questions=max((sum(f) for f in fresh.values()), default=0),
+    )
+    records = _records(run_id, runs, scores, fresh)
+    out_dir = settings.reports_dir / run_id
+    history = previous_runs(settings.reports_dir, str(ev.path))
+    files = write_run(result, records, out_dir, history)
+    summary = summary_markdown(result, files)
+    create_markdown_artifact(key="evaluation", markdown=summary, description=f"arena on {ev.path} ({len(ev.rows)} questions)")
+    create_table_artifact(
+        key="arena-metrics",
+        table=[{"arm": a.name, **{k: v.value for k, v in a.metrics.items() if not k.startswith("latency_p")}} for a in result.arms],
+        description="metric values per arm (intervals in the report)",
+    )
+    return {"run_id": run_id, "report": str(files.html), "markdown": str(files.markdown), "summary": summary,
+            "gate": gate.model_dump() if gate else None, "notes": notes}
+
+
+def write_run(result: EvalRun, records: list[QuestionRecord], out_dir: Path, history: list[tuple[EvalRun, Path]]) -> Any:
+    """results.json + questions.jsonl + the report, written into a temporary directory and renamed."""
+    from tasks.eval_report import write_report
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "results.json").write_text(result.model_dump_json(indent=2))
+    with open(tmp / "questions.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(r.model_dump_json() + "\n")
+    previous = read_records(history[-1][1]) if history else None
+    write_report(result, records, tmp, history=[h for h, _ in history], previous_records=previous)
+    os.replace(tmp, out_dir)
+    latest = out_dir.parent / "LATEST"
+    latest.with_suffix(".tmp").write_text(out_dir.name + "\n")
+    os.replace(latest.with_suffix(".tmp"), latest)
+    from tasks.eval_report import ReportFiles
+
+    return ReportFiles(markdown=out_dir / "report.md", html=out_dir / "report.html", charts=sorted((out_dir / "charts").glob("*.png")))

@@ -1,0 +1,69 @@
+"""Evaluation sets: read a JSONL file, check it against its contract, select the evaluated split.
+
+The contract (`data_contracts.suites.eval_set_suite`) runs on every row of the file before anything
+is scored, and fails closed naming the rows by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from data_contracts.evaluation import EVAL_COLUMNS
+from data_contracts.suites import eval_set_suite
+from tasks.jsonl import JsonlError, read_objects
+from tasks.validate import require_valid
+
+CANARY = Path(__file__).with_name("canary.jsonl")
+
+
+class EvalSetError(Exception):
+    """The evaluation set cannot be read; the message names the line."""
+
+
+@dataclass
+class EvalSet:
+    path: Path
+    split: str | None
+    rows: list[dict[str, Any]]
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise EvalSetError(f"evaluation set {path} does not exist: set evaluation.path (or --eval-set)")
+    rows = []
+    try:
+        objects = read_objects(path)
+    except JsonlError as e:
+        raise EvalSetError(str(e)) from e
+    for _, row in objects:
+        rows.append({c.name: row.get(c.name, [] if isinstance(c.type, pa.ListType) else None) for c in EVAL_COLUMNS})
+        if rows[-1]["answerable"] is None:
+            rows[-1]["answerable"] = bool(rows[-1]["answers"])
+    return rows
+
+
+def load_eval_set(path: Path, split: str | None = None, limit: int | None = None) -> EvalSet:
+    """Every row validated, then the rows of `split` (rows without a split always count), first `limit`."""
+    rows = _rows(Path(path))
+    table = pa.Table.from_pylist(rows, schema=pa.schema([c.field() for c in EVAL_COLUMNS]))
+    answers_ok = [not r["answerable"] or any(str(a).strip() for a in r["answers"]) for r in rows]
+    require_valid(table.append_column("answers_ok", pa.array(answers_ok)), eval_set_suite(), key="id")
+    chosen = [r for r in rows if split is None or r["split"] in (None, split)]
+    if not chosen:
+        raise EvalSetError(f"{path} has no rows with split {split!r}: set evaluation.split (null = all rows)")
+    return EvalSet(Path(path), split, chosen[:limit] if limit else chosen)
+
+
+def load_canary(path: Path | None = None) -> EvalSet:
+    """The general-ability canary questions (the shipped set unless configured)."""
+    return load_eval_set(path or CANARY)
