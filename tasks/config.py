@@ -141,7 +141,7 @@ class DatasetSettings(BaseModel):
         None, ge=0, le=20, description="Retrieved non-oracle chunks per RAFT example (default: retrieval.k - 1)."
     )
     no_oracle_share: float = Field(
-        0.2, ge=0, le=1, description="Share of RAFT examples without the oracle chunk, taught to abstain."
+        0.2, ge=0, le=1, description="Share of RAFT examples that target the abstention (unanswerable pairs count towards it)."
     )
     closed_book: bool = Field(True, description="Also add each QA pair without sources (the `lora` arm's format).")
     answer_template: str = Field(

@@ -162,9 +162,12 @@ def _rank_key(seed: int, *parts: str) -> str:
 
 
 def without_oracle(pairs: Sequence[QAPair], share: float, seed: int) -> set[str]:
-    """Questions (of answerable pairs) whose RAFT example leaves the oracle out: exactly round(share × n)."""
+    """Questions of answerable pairs whose RAFT example leaves the oracle out, so that abstention targets
+    (these plus the unanswerable pairs) make up round(share × all pairs), or just the unanswerable ones
+    when those already exceed it: too many abstention targets teach the model to abstain."""
     answerable = sorted((p for p in pairs if p.answers), key=lambda p: _rank_key(seed, "no-oracle", p.question))
-    return {p.question for p in answerable[: round(share * len(answerable))]}
+    wanted = max(0, round(share * len(pairs)) - (len(pairs) - len(answerable)))
+    return {p.question for p in answerable[:wanted]}
 
 
 def oracle_and_distractors(pair: QAPair, hits: Sequence[Hit], distractors: int) -> tuple[Hit | None, list[Hit]]:

@@ -116,6 +116,13 @@ def test_raft_never_uses_chunks_the_caller_may_not_read(retriever):
     assert all("secret salary" not in m["content"] for r in rows for m in r["messages"])
 
 
+def test_unanswerable_pairs_count_towards_the_abstention_share():
+    pairs = _pairs(*[(f"q{i}", ["a"]) for i in range(8)], ("u1", []), ("u2", []))
+    assert len(ds.without_oracle(pairs, 0.3, seed=0)) == 1  # 3 abstention targets of 10: 2 unanswerable + 1
+    assert ds.without_oracle(pairs, 0.1, seed=0) == set()  # the unanswerable ones already exceed the share
+    assert ds.without_oracle(pairs, 0.3, seed=0) <= {p.question for p in pairs if p.answers}
+
+
 def test_unanswerable_pairs_become_abstentions(retriever):
     rows, rejects = ds.raft_examples(_pairs(("Who founded the company?", [])), retriever, words, 500, DatasetSettings(), k=3)
     assert not rejects and len(rows) == 1  # no closed-book copy without an answer
