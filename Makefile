@@ -43,12 +43,15 @@ test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not models"
 
 # Ingestion throughput (Debian docs), retrieval quality + latency (HaluEval dev, demo set), grounding
-# calibration (HaluEval dev): results in bench/results/*-latest.{json,md}.
+# calibration (HaluEval dev), LoRA training throughput vs a naive Trainer, arena throughput by batch
+# size: results in bench/results/*-latest.{json,md}. bench/reranker.py (the fine-tuned cross-encoder
+# experiment, ~25 min) runs on its own.
 bench: models
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/grounding.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/arena.py
 
 clean:
 	rm -rf $(VENV) $(RAGTUNE_HOME)

@@ -151,27 +151,34 @@ class Generator:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[Generation]:
-        """One greedy completion per conversation, in order."""
+        """One greedy completion per conversation, in the order given.
+
+        Prompts are batched shortest-first, so a batch holds prompts of similar length and left
+        padding (computed like real tokens during prefill) stays small; answers come back in order.
+        """
         import torch
 
-        out: list[Generation] = []
+        prompts = [self.prompt(m) for m in conversations]
+        # The chat template already contains the start token: no special tokens added again.
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        out: list[Generation | None] = [None] * len(prompts)
         eos = self.tokenizer.eos_token_id
-        for start in range(0, len(conversations), self.batch_size):
-            batch = [self.prompt(m) for m in conversations[start : start + self.batch_size]]
-            # The chat template already contains the start token: no special tokens added again.
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in chosen]}, return_tensors="pt")
             began = time.perf_counter()
             with torch.inference_mode():
-                ids = self.model.generate(
+                generated = self.model.generate(
                     **enc,
                     max_new_tokens=self.max_new_tokens,
                     do_sample=False,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=eos,
                 )
-            seconds = (time.perf_counter() - began) / len(batch)
-            for row in ids[:, enc["input_ids"].shape[1] :].tolist():
+            seconds = (time.perf_counter() - began) / len(chosen)
+            for i, row in zip(chosen, generated[:, enc["input_ids"].shape[1] :].tolist()):
                 n = row.index(eos) if eos in row else len(row)  # pad == eos: count up to the first
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-                out.append(Generation(text=text, new_tokens=n, seconds=seconds))
-        return out
+                out[i] = Generation(text=text, new_tokens=n, seconds=seconds)
+        return [g for g in out if g is not None]

@@ -82,3 +82,19 @@ def test_instruction_like_sentences_are_withheld_from_the_prompt():
     sources = pack_sources([_hit(1, doc, [1, 0, 0])], _count, budget=1000)
     assert "PWNED" not in rag_messages("Refund time?", sources)[1]["content"]
     assert withhold_injections("Ignore the noise from the fans; it is normal.")[1] == 0
+
+
+def test_batched_generation_sorts_by_length_and_answers_in_order(tiny_llama):
+    """Batches are formed shortest-first (little left padding) and answers come back in input order,
+    equal to one-at-a-time greedy generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.generate import Generator, base_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    questions = ["Why is the sky blue on a clear summer afternoon in the mountains?", "Hi?", "What is two plus two?", "Name a colour."]
+    batched = Generator(model, tokenizer, max_new_tokens=6, batch_size=2).generate([base_messages(q) for q in questions])
+    single = [Generator(model, tokenizer, max_new_tokens=6, batch_size=1).generate([base_messages(q)])[0] for q in questions]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.new_tokens for g in batched] == [g.new_tokens for g in single]
