@@ -76,6 +76,11 @@ def says_abstain(text: str) -> bool:
     return "don't answer" in t or "do not answer" in t or "does not contain" in t or "do not contain" in t
 
 
+def _withheld_by_model(draft: str) -> bool:
+    """The model abstained itself (or said nothing): there is no claim to check."""
+    return says_abstain(draft) or not draft.strip()
+
+
 def cited_numbers(text: str, available: int) -> list[int]:
     """Valid `[n]` markers in order of first use."""
     seen: list[int] = []
@@ -130,14 +135,15 @@ class Answerer:
         start = time.perf_counter()
         generations = self.generator.generate([rag_messages(p.question, p.sources) for p in to_generate])
         per_question = (time.perf_counter() - start) / max(1, len(to_generate))
-        drafts = {id(p): g.text for p, g in zip(to_generate, generations)}
+        drafts = [g.text for g in generations]
+        scored = {id(p): (d, s) for p, d, s in zip(to_generate, drafts, self._score(to_generate, drafts))}
         answers = []
         for p in pending:
             if p.reason is not None:
                 answers.append(self._abstain(p, p.reason))
                 continue
             p.timings["generate"] = per_question
-            answers.append(self._validate(p, drafts[id(p)]))
+            answers.append(self._validate(p, *scored[id(p)]))
         for p, a in zip(pending, answers):
             a.retrieved = p.ranking
         return answers
@@ -172,14 +178,24 @@ class Answerer:
         ranking = [h.doc_id for h in hits] + [h.doc_id for h in result.hits if h.chunk_id not in chosen]
         return _Pending(question, hits, sources, timings, reason, ranking[:RANKING_DEPTH])
 
-    def _validate(self, p: _Pending, draft: str) -> Answer:
+    def _score(self, pending: Sequence[_Pending], drafts: Sequence[str]) -> list[list[SentenceSupport]]:
+        """Grounding of every draft that claims something, in one batch; the time is shared equally."""
+        checked = [i for i, d in enumerate(drafts) if not _withheld_by_model(d)]
         start = time.perf_counter()
-        if says_abstain(draft) or not draft.strip():
-            p.timings["validate"] = time.perf_counter() - start
+        items = [(drafts[i], [s.text for s in pending[i].sources]) for i in checked]
+        scored = self.scorer.score_many(items) if self.scorer and items else [[] for _ in items]
+        each = (time.perf_counter() - start) / max(1, len(checked))
+        out: list[list[SentenceSupport]] = [[] for _ in drafts]
+        for i, supports in zip(checked, scored):
+            out[i] = supports
+            pending[i].timings["validate"] = each
+        return out
+
+    def _validate(self, p: _Pending, draft: str, supports: list[SentenceSupport]) -> Answer:
+        if _withheld_by_model(draft):
+            p.timings["validate"] = 0.0
             return self._abstain(p, "model_abstained", draft=draft)
-        supports: list[SentenceSupport] = self.scorer.score(draft, [s.text for s in p.sources]) if self.scorer else []
         support = answer_support(supports) if supports else None
-        p.timings["validate"] = time.perf_counter() - start
         grounding = [_support_dict(s, p.sources) for s in supports]
         if support is not None and support < self.min_support:
             answer = self._abstain(p, "unsupported", draft=draft)

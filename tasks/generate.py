@@ -134,12 +134,44 @@ class Generation:
     seconds: float  # wall time of the batch it was generated in, shared equally
 
 
-class Generator:
-    """Greedy batched generation with left padding; the model is loaded once by `tasks/models.py`."""
+# Rows are prefilled together while rows x longest prompt stays within this many tokens. One prompt
+# of this length already keeps both cores busy (prefill is compute-bound), and prefilling it alone
+# runs causal attention without a padding mask: on 8 retrieval prompts of ~1,100 tokens a padded
+# batched prefill took 19.9 s against 14.8 s one by one (bench/results/arena-latest.md). Decoding, which
+# is memory-bound, is where batching pays: 8 rows decode in about the time of one.
+PREFILL_TOKENS = 1024
 
-    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 80, batch_size: int = 8):
+
+def prefill_groups(lengths: Sequence[int], budget: int = PREFILL_TOKENS) -> list[list[int]]:
+    """Consecutive runs of row indices whose padded prefill (rows x longest) fits `budget` tokens.
+
+    A row longer than the budget gets a group of its own. Rows should come sorted by length, so
+    each group pads little.
+    """
+    groups: list[list[int]] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if groups and max(longest, n) * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(i)
+            longest = max(longest, n)
+        else:
+            groups.append([i])
+            longest = n
+    return groups
+
+
+class Generator:
+    """Greedy batched generation with left padding; the model is loaded once by `tasks/models.py`.
+
+    A batch is prefilled in groups (`prefill_groups`), whose key/value caches are left-padded into
+    one cache that the whole batch then decodes from together.
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, max_new_tokens: int = 80, batch_size: int = 8, prefill_tokens: int = PREFILL_TOKENS
+    ):
         self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_new_tokens, self.batch_size, self.prefill_tokens = max_new_tokens, batch_size, prefill_tokens
         self.tokenizer.padding_side = "left"  # batched generation continues from the right edge
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -154,10 +186,8 @@ class Generator:
         """One greedy completion per conversation, in the order given.
 
         Prompts are batched shortest-first, so a batch holds prompts of similar length and left
-        padding (computed like real tokens during prefill) stays small; answers come back in order.
+        padding stays small; answers come back in order.
         """
-        import torch
-
         prompts = [self.prompt(m) for m in conversations]
         # The chat template already contains the start token: no special tokens added again.
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -166,19 +196,65 @@ class Generator:
         eos = self.tokenizer.eos_token_id
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
-            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in chosen]}, return_tensors="pt")
             began = time.perf_counter()
-            with torch.inference_mode():
-                generated = self.model.generate(
-                    **enc,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                )
+            generated = self._generate_batch([ids[i] for i in chosen])
             seconds = (time.perf_counter() - began) / len(chosen)
-            for i, row in zip(chosen, generated[:, enc["input_ids"].shape[1] :].tolist()):
+            for i, row in zip(chosen, generated):
                 n = row.index(eos) if eos in row else len(row)  # pad == eos: count up to the first
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
                 out[i] = Generation(text=text, new_tokens=n, seconds=seconds)
         return [g for g in out if g is not None]
+
+    def _generate_batch(self, rows: list[list[int]]) -> list[list[int]]:
+        """The new token ids of each row (sorted by length), greedy."""
+        import torch
+
+        enc = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+        groups = prefill_groups([len(r) for r in rows], self.prefill_tokens)
+        extra: dict[str, Any] = {}
+        if len(groups) > 1 and min(len(r) for r in rows) > 1:
+            extra["past_key_values"] = self._prefill(rows, groups, enc["input_ids"].shape[1])
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **enc,
+                **extra,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        return generated[:, enc["input_ids"].shape[1] :].tolist()
+
+    def _prefill(self, rows: list[list[int]], groups: list[list[int]], width: int) -> Any:
+        """One key/value cache for all but the last token of every row, left-padded to `width - 1`.
+
+        `generate` then runs only the last prompt token and the decoding for the whole batch. Padded
+        positions hold zeros and are masked out by the attention mask, as in a padded prefill.
+        """
+        import torch
+        from transformers import DynamicCache, StaticCache
+
+        per_layer: list[tuple[list[Any], list[Any]]] = []
+        with torch.inference_mode():
+            for group in groups:
+                enc = self.tokenizer.pad({"input_ids": [rows[i][:-1] for i in group]}, return_tensors="pt")
+                mask = enc["attention_mask"]
+                cache = DynamicCache(config=self.model.config)
+                self.model(
+                    input_ids=enc["input_ids"],
+                    attention_mask=mask if len(group) > 1 else None,  # one row: the mask-free causal path
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                pad = width - 1 - enc["input_ids"].shape[1]
+                for layer_index, layer in enumerate(cache.layers):
+                    if layer_index == len(per_layer):
+                        per_layer.append(([], []))
+                    per_layer[layer_index][0].append(torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)))
+                    per_layer[layer_index][1].append(torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
+        merged = StaticCache(config=self.model.config, max_cache_len=width + self.max_new_tokens)
+        for layer_index, (keys, values) in enumerate(per_layer):
+            merged.update(torch.cat(keys), torch.cat(values), layer_index)
+        return merged

@@ -247,6 +247,9 @@ class GroundingScorer(Protocol):
     def score(self, answer: str, sources: Sequence[str]) -> list[SentenceSupport]:
         """One `SentenceSupport` per sentence of `answer`, judged against `sources`."""
 
+    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[SentenceSupport]]:
+        """`score` for each (answer, sources) pair, in order."""
+
 
 class LexicalSemanticScorer:
     """Logistic combination of lexical overlap and windowed embedding similarity (see the module docstring)."""
@@ -258,8 +261,11 @@ class LexicalSemanticScorer:
         threshold: float = DEFAULT_THRESHOLD,
         number_weight: float = NUMBER_WEIGHT,
         name_weight: float = NAME_WEIGHT,
+        cache_size: int = 20_000,
     ):
         self.embedder = embedder
+        self.cache_size = cache_size
+        self._cache: dict[str, np.ndarray] = {}
         self.weights = weights
         self.threshold = threshold
         self.number_weight = number_weight
@@ -276,36 +282,59 @@ class LexicalSemanticScorer:
 
         With no sources nothing is supported (score 0, source None), except refusals.
         """
+        return self.score_many([(answer, sources)])[0]
+
+    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[SentenceSupport]]:
+        """`score` for many (answer, sources) pairs with one embedding call for all of them.
+
+        Source sentences recur across the questions of a batch and across batches (the same chunks
+        are retrieved again), so their vectors are kept in a bounded cache.
+        """
+        prepared = [self._prepare(answer, sources) for answer, sources in items]
+        texts = list(dict.fromkeys(t for p in prepared for t in p.texts()))
+        vectors = self._vectors(texts)
+        return [self._judge(p, vectors) for p in prepared]
+
+    def _prepare(self, answer: str, sources: Sequence[str]) -> "_Prepared":
         sentences = [strip_citations(s) for s in split_sentences(answer)]
         sentences = [(s, c) for s, c in sentences if s]
-        if not sentences:
-            return []
         refusals = [is_refusal(s) for s, _ in sentences]
         tokens = [content_tokens(s, self.number_weight, self.name_weight) for s, _ in sentences]
         claims = [i for i, (r, t) in enumerate(zip(refusals, tokens)) if not r and t]
         sources = list(sources)
-        windows = [source_windows(s) for s in sources]
-        owner = np.array([j for j, w in enumerate(windows) for _ in w], dtype=np.int64)
-        flat = [w for ws in windows for w in ws]
+        windows = [source_windows(s) for s in sources] if claims else [[] for _ in sources]
+        return _Prepared(sentences, refusals, tokens, claims, sources, windows)
 
-        lexical = np.zeros((len(sentences), len(sources)))
-        semantic = np.zeros((len(sentences), len(sources)))
-        if claims and flat:
-            vectors = self.embedder.embed([sentences[i][0] for i in claims] + flat)
-            sims = np.clip(vectors[: len(claims)] @ vectors[len(claims) :].T, 0.0, 1.0)
-            vocabularies = [vocabulary(s) for s in sources]
-            for row, i in enumerate(claims):
+    def _vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [t for t in texts if t not in self._cache]
+        if missing:
+            for text, vector in zip(missing, self.embedder.embed(missing)):
+                self._cache[text] = vector
+            while len(self._cache) > self.cache_size:
+                self._cache.pop(next(iter(self._cache)))  # oldest first (dicts keep insertion order)
+        return {t: self._cache[t] for t in texts}
+
+    def _judge(self, p: "_Prepared", vectors: dict[str, np.ndarray]) -> list[SentenceSupport]:
+        owner = np.array([j for j, w in enumerate(p.windows) for _ in w], dtype=np.int64)
+        flat = [w for ws in p.windows for w in ws]
+        lexical = np.zeros((len(p.sentences), len(p.sources)))
+        semantic = np.zeros((len(p.sentences), len(p.sources)))
+        if p.claims and flat:
+            claim_vectors = np.stack([vectors[p.sentences[i][0]] for i in p.claims])
+            sims = np.clip(claim_vectors @ np.stack([vectors[w] for w in flat]).T, 0.0, 1.0)
+            vocabularies = [vocabulary(s) for s in p.sources]
+            for row, i in enumerate(p.claims):
                 for j, vocab in enumerate(vocabularies):
-                    lexical[i, j] = lexical_support(tokens[i], vocab)
+                    lexical[i, j] = lexical_support(p.tokens[i], vocab)
                     mask = owner == j
                     semantic[i, j] = float(sims[row, mask].max()) if mask.any() else 0.0
 
         out = []
-        for i, (sentence, cited) in enumerate(sentences):
-            if refusals[i] or not tokens[i]:
-                out.append(SentenceSupport(sentence, 1.0, True, None, 0.0, 0.0, cited, False, refusals[i]))
+        for i, (sentence, cited) in enumerate(p.sentences):
+            if p.refusals[i] or not p.tokens[i]:
+                out.append(SentenceSupport(sentence, 1.0, True, None, 0.0, 0.0, cited, False, p.refusals[i]))
                 continue
-            if not sources or not flat:
+            if not p.sources or not flat:
                 out.append(SentenceSupport(sentence, 0.0, False, None, 0.0, 0.0, cited))
                 continue
             per_source = self.combine(lexical[i], semantic[i])
@@ -315,6 +344,24 @@ class LexicalSemanticScorer:
                 SentenceSupport(sentence, s, s >= self.threshold, j, float(lexical[i, j]), float(semantic[i, j]), cited)
             )
         return out
+
+
+@dataclass
+class _Prepared:
+    """An answer split into sentences and its sources into windows, before anything is embedded."""
+
+    sentences: list[tuple[str, tuple[int, ...]]]
+    refusals: list[bool]
+    tokens: list[list[Token]]
+    claims: list[int]  # indices of the sentences that claim something checkable
+    sources: list[str]
+    windows: list[list[str]]
+
+    def texts(self) -> list[str]:
+        """What needs a vector: the claim sentences and every source window."""
+        if not self.claims:
+            return []
+        return [self.sentences[i][0] for i in self.claims] + [w for ws in self.windows for w in ws]
 
 
 def answer_support(supports: Sequence[SentenceSupport]) -> float:

@@ -98,3 +98,39 @@ def test_batched_generation_sorts_by_length_and_answers_in_order(tiny_llama):
     single = [Generator(model, tokenizer, max_new_tokens=6, batch_size=1).generate([base_messages(q)])[0] for q in questions]
     assert [g.text for g in batched] == [g.text for g in single]
     assert [g.new_tokens for g in batched] == [g.new_tokens for g in single]
+
+
+def test_prefill_groups_bound_the_padded_tokens_and_keep_order():
+    from tasks.generate import prefill_groups
+
+    lengths = [10, 20, 30, 300, 600, 1500, 1600]
+    groups = prefill_groups(lengths, budget=1024)
+    assert [i for g in groups for i in g] == list(range(len(lengths)))  # every row once, in order
+    assert all(max(lengths[i] for i in g) * len(g) <= 1024 or len(g) == 1 for g in groups)
+    assert groups == [[0, 1, 2], [3], [4], [5], [6]]  # 4 x 300 and 2 x 600 pass the budget; 1500 alone
+    assert prefill_groups([5] * 10, budget=20) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert prefill_groups([]) == []
+
+
+def test_split_prefill_generates_what_one_padded_prefill_and_one_at_a_time_do(tiny_llama):
+    """A batch prefilled in groups (left-padded caches merged) decodes exactly like one padded
+    prefill of the whole batch and like each prompt alone (greedy, same new tokens)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.generate import Generator, base_messages, prefill_groups
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    questions = ["Hi?", "What is two plus two?", "Why is the sky blue on a clear summer afternoon in the mountains of Peru?",
+                 "Name a colour that is neither red nor blue, please, and say why you chose it."]
+    conversations = [base_messages(q) for q in questions]
+    probe = Generator(model, tokenizer)
+    lengths = sorted(len(tokenizer(probe.prompt(c), add_special_tokens=False)["input_ids"]) for c in conversations)
+    split = Generator(model, tokenizer, max_new_tokens=8, batch_size=4, prefill_tokens=lengths[-1])  # every row alone
+    assert len(prefill_groups(lengths, lengths[-1])) == len(questions)
+    whole = Generator(model, tokenizer, max_new_tokens=8, batch_size=4, prefill_tokens=10**6)  # one padded prefill
+    single = Generator(model, tokenizer, max_new_tokens=8, batch_size=1)
+    a, b = split.generate(conversations), whole.generate(conversations)
+    c = [single.generate([conv])[0] for conv in conversations]
+    assert [g.text for g in a] == [g.text for g in b] == [g.text for g in c]
+    assert [g.new_tokens for g in a] == [g.new_tokens for g in c] and all(g.new_tokens > 0 for g in a)

@@ -205,3 +205,24 @@ def test_any_grounding_scorer_can_stand_in():
 
     scorer: GroundingScorer = Always()
     assert answer_support(scorer.score("One. Two.", ["x"])) == 0.2
+
+
+def test_scoring_a_batch_equals_scoring_one_by_one_and_embeds_each_text_once(tokenizer):
+    embedder = HashEmbedder(tokenizer, dimension=64)
+    batch_scorer = LexicalSemanticScorer(embedder)
+    items = [
+        ("Hotel stays are reimbursed up to 150 EUR per night [1].", [POLICY, HOTLINE]),
+        ("The hotline opens at 09:00 on Sundays.", [HOTLINE, POLICY]),
+        ("The documents don't answer this.", [POLICY]),
+        ("Claims must be filed within 30 days.", []),
+    ]
+    together = batch_scorer.score_many(items)
+    assert len(embedder.calls) == 1  # one embedding call for the whole batch
+    first = embedder.calls[0]
+    one_by_one = [LexicalSemanticScorer(HashEmbedder(tokenizer, dimension=64)).score(a, s) for a, s in items]
+    assert together == one_by_one
+    assert together[0][0].supported and not together[1][0].supported and together[2][0].refusal
+    assert together[3][0].score == 0.0
+    # The same sources again: their sentences come from the cache, only the new claim is embedded.
+    batch_scorer.score_many([("Taxi receipts are optional.", [POLICY, HOTLINE])])
+    assert embedder.calls[1:] == [1] and first > 1
