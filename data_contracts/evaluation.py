@@ -79,6 +79,9 @@ class EvalRun(BaseModel):
     canary: dict[str, dict[str, Estimate]] = Field(default_factory=dict, description="Arm name -> canary metrics.")
     gate: GateResult | None = None
     fresh_questions: int = Field(0, description="Questions whose gold documents changed after the evaluated adapter was trained.")
+    calibration: dict[str, Any] | None = Field(
+        None, description="The grounding threshold this run used and how it was chosen (tasks/calibrate.py); None: no retrieval arm."
+    )
 
 
 class QuestionRecord(BaseModel):

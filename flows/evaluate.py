@@ -3,14 +3,16 @@
     ragtune eval [--arms base,rag] [--limit N]        # the CLI runs this flow
     prefect deploy --all                               # and the nightly chain calls it
 
-Reads top to bottom: load and validate the evaluation set → run each arm (batched) → run the
-canary per model → score every arm with bootstrap intervals → gate the candidate adapter →
-write results, per-question records and the report under `<home>/reports/<run_id>/`.
+Reads top to bottom: load and validate the evaluation set → calibrate the grounding threshold on
+the generator's drafts to the calibration split → run each arm (batched) → run the canary per
+model → score every arm with bootstrap intervals → decide the gate → write results, per-question
+records and the report under `<home>/reports/<run_id>/` → apply the gate's verdict to the registry.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,14 @@ from prefect.cache_policies import NO_CACHE
 from data_contracts.evaluation import ArmResult, EvalRun, GateResult, QuestionRecord
 from tasks import arena
 from tasks.config import Settings, load_settings
-from tasks.evalset import EvalSet, load_canary, load_eval_set
+from tasks.calibrate import Calibration, calibration_key, choose_threshold, draft_labels, load_calibration, save_calibration
+from tasks.evalset import EvalSet, EvalSetError, load_canary, load_eval_set
 from tasks.gate import decide
 from tasks.metrics import ScoringRules
 from tasks.progress import progress_bar
 from tasks.registry import Registry
-from tasks.models import load_embedder_for
+from tasks.ground import DEFAULT_WEIGHTS
+from tasks.models import generator_fingerprint, load_embedder_for
 from tasks.resources import make_answerer, open_retriever, search_filters
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -39,6 +43,51 @@ def eval_set(settings: Settings, path: str | None, limit: int | None) -> EvalSet
     if chosen is None:
         raise ValueError("no evaluation set: set evaluation.path in the config or pass --eval-set FILE.jsonl")
     return load_eval_set(chosen, settings.evaluation.split, limit or settings.evaluation.limit)
+
+
+@task(name="calibrate-grounding", **_TASK)
+def grounding_calibration(settings: Settings, ev: EvalSet, table: str | None, table_version: int | None) -> Calibration:
+    """The grounding threshold for this run, fitted on the base generator's drafts to the calibration split.
+
+    The base generator drafts for every retrieval arm: the adapters were trained on the same split,
+    so their drafts there would look better than on unseen questions. A stored calibration is reused
+    while the generator, the retrieval and generation settings, the rows and the index are unchanged.
+    """
+    e = settings.evaluation
+    default = settings.retrieval.min_support
+    if not e.calibrate_grounding:
+        return Calibration.default_kept(default, e.calibration_wrong_cost, "evaluation.calibrate_grounding is off")
+    if e.calibration_split == ev.split:
+        reason = f"calibration split {e.calibration_split!r} is the evaluated split: name a held-out split"
+        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
+    try:
+        rows = load_eval_set(ev.path, e.calibration_split, e.calibration_limit, strict=True)
+    except EvalSetError:
+        reason = f"no rows with split {e.calibration_split!r} in {ev.path}"
+        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
+    generator = generator_fingerprint(settings.generator.model, settings.models_dir)
+    key = calibration_key({
+        "generator": generator, "generation": settings.generator.model_dump(mode="json"),
+        "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
+        "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash, "table": table_version,
+        "wrong_cost": e.calibration_wrong_cost, "default": default,
+    })
+    stored = load_calibration(settings.calibration_file, key)
+    if stored is not None:
+        return stored
+    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0)  # withhold nothing: every draft is judged
+    with progress_bar(f"{'calibration':>16}", len(rows.rows), unit="q") as advance:
+        run = arena.run_arm(arena.ArmSpec("calibration", "rag", True), rows.rows, answerer, search_filters(settings),
+                            settings.generator.batch_size, on_batch=advance)
+    supports, right = draft_labels(run.results, ScoringRules(k=settings.retrieval.k))
+    calibration = choose_threshold(supports, right, e.calibration_wrong_cost, default)
+    return save_calibration(calibration, settings.calibration_file, key, generator)
+
+
+def with_support_threshold(settings: Settings, threshold: float) -> Settings:
+    """Settings whose answerers and metrics all use `threshold` (and nothing else) as the grounding threshold."""
+    retrieval = settings.retrieval.model_copy(update={"min_support": threshold, "calibrated_support": False})
+    return settings.model_copy(update={"retrieval": retrieval})
 
 
 @task(name="answer-arm", **_TASK)
@@ -61,8 +110,8 @@ def score_arms(runs: list[arena.ArmRun], fresh: dict[str, list[bool]], settings:
 
 
 @task(name="promotion-gate", **_TASK)
-def promotion_gate(runs: list[arena.ArmRun], canary: dict[str, arena.ArmRun], settings: Settings, registry: Registry) -> GateResult | None:
-    """Gate the candidate's hybrid arm against the champion's (or base rag) and apply the verdict."""
+def promotion_gate(runs: list[arena.ArmRun], canary: dict[str, arena.ArmRun], settings: Settings) -> GateResult | None:
+    """The verdict on the candidate's hybrid arm against the champion's (or base rag); `apply_verdict` records it."""
     by_name = {r.spec.name: r for r in runs}
     candidate = next((r for r in runs if r.spec.kind == "hybrid" and r.spec.role == "candidate"), None)
     if candidate is None:
@@ -78,21 +127,27 @@ def promotion_gate(runs: list[arena.ArmRun], canary: dict[str, arena.ArmRun], se
         canary[candidate.spec.model].results,
         canary[incumbent.spec.model].results,
         primary=ev.primary,
-        tolerances={"groundedness": ev.guard_tolerance, "hallucination_rate": ev.guard_tolerance, "canary": ev.canary_tolerance},
+        tolerances={"groundedness": ev.guard_tolerance, "draft_groundedness": ev.guard_tolerance,
+                    "hallucination_rate": ev.guard_tolerance, "canary": ev.canary_tolerance},
         rules=ScoringRules(k=settings.retrieval.k, support_threshold=settings.retrieval.min_support),
         resamples=ev.resamples,
         confidence=ev.confidence,
     )
     name = candidate.spec.adapter.name  # type: ignore[union-attr]
     against = champion.spec.adapter.name if champion else "base"  # type: ignore[union-attr]
-    if ev.apply_gate:
-        reason = decision.reasons[0]
-        if decision.promote:
-            registry.promote(name, reason, {"gate": decision.as_dict(), "incumbent": against})
-        else:
-            registry.reject(name, reason, {"gate": decision.as_dict(), "incumbent": against})
     return GateResult(candidate=name, incumbent=against, promote=decision.promote, applied=ev.apply_gate,
                       reasons=decision.reasons, numbers=decision.numbers)
+
+
+@task(name="apply-verdict", **_TASK)
+def apply_verdict(gate: GateResult, registry: Registry, run_id: str) -> None:
+    """Promote or reject the candidate in the registry, after its report is written (the report names the run)."""
+    details = {"gate": {"promote": gate.promote, "reasons": gate.reasons, "numbers": gate.numbers}, "incumbent": gate.incumbent,
+               "report": run_id}
+    if gate.promote:
+        registry.promote(gate.candidate, gate.reasons[0], details)
+    else:
+        registry.reject(gate.candidate, gate.reasons[0], details)
 
 
 def _records(run_id: str, runs: list[arena.ArmRun], scores: dict[str, dict[str, list[float | None]]], fresh: dict[str, list[bool]]) -> list[QuestionRecord]:
@@ -168,6 +223,8 @@ def evaluate(
     specs, notes = arena.arm_specs(arms or settings.evaluation.arms, registry)
     needs_index = any(s.retrieval for s in specs)
     chunks = open_retriever(settings, table).table if needs_index else None
+    calibration = grounding_calibration(settings, ev, table, arena.table_version(chunks)) if needs_index else None
+    settings = with_support_threshold(settings, calibration.threshold if calibration else settings.retrieval.min_support)
 
     runs = [answer_arm(spec, ev.rows, settings, table) for spec in specs]
     canary = {
@@ -177,7 +234,7 @@ def evaluate(
     fresh = arena.freshness(runs, chunks)
     scores = score_arms(runs, fresh, settings)
     score_arms(list(canary.values()), {}, settings)
-    gate = promotion_gate(runs, canary, settings, registry)
+    gate = promotion_gate(runs, canary, settings)
 
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     result = EvalRun(
@@ -190,11 +247,14 @@ def evaluate(
         canary={m: {k: v.as_dict() for k, v in c.metrics.items()} for m, c in canary.items()},  # type: ignore[misc]
         gate=gate,
         fresh_questions=max((sum(f) for f in fresh.values()), default=0),
+        calibration=asdict(calibration) if calibration else None,
     )
     records = _records(run_id, runs, scores, fresh)
     out_dir = settings.reports_dir / run_id
     history = previous_runs(settings.reports_dir, str(ev.path))
     files = write_run(result, records, out_dir, history)
+    if gate is not None and gate.applied:
+        apply_verdict(gate, registry, run_id)
     summary = summary_markdown(result, files)
     create_markdown_artifact(key="evaluation", markdown=summary, description=f"arena on {ev.path} ({len(ev.rows)} questions)")
     create_table_artifact(

@@ -69,6 +69,9 @@ class RetrievalSettings(BaseModel):
     )
     # The grounding validator's calibrated threshold (HaluEval QA dev, length-controlled): bench/results/grounding-latest.md.
     min_support: float = Field(DEFAULT_THRESHOLD, ge=0, le=1, description="Abstain when the answer's grounding support is below this.")
+    calibrated_support: bool = Field(
+        True, description="Use the threshold the last evaluation calibrated for this generator instead of `min_support`, when there is one."
+    )
 
 
 class ChunkSettings(BaseModel):
@@ -200,6 +203,14 @@ class EvaluationSettings(BaseModel):
     resamples: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples per confidence interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1)
     apply_gate: bool = Field(True, description="Promote or reject the candidate in the registry (false = report only).")
+    calibrate_grounding: bool = Field(
+        True, description="Before the arms run, fit the grounding threshold on the generator's own drafts (tasks/calibrate.py)."
+    )
+    calibration_split: str = Field("train", description="Rows of the evaluation file with this split are drafted for calibration.")
+    calibration_limit: int | None = Field(None, ge=1, description="Calibrate on at most this many rows.")
+    calibration_wrong_cost: float = Field(
+        1.0, gt=0, description="How many right answers one wrong kept answer costs when choosing the threshold."
+    )
 
 
 class Settings(BaseSettings):
@@ -265,6 +276,10 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.home / "calibration" / "grounding.json"
 
     def with_ingest(
         self, table: str | None = None, include: list[str] | None = None, exclude: list[str] | None = None

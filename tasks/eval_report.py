@@ -26,7 +26,7 @@ from tasks.metrics import LOWER_IS_BETTER, NO_DIRECTION
 
 MAX_DIFF_ROWS = 30
 ANSWER_CHARS = 160  # answers longer than this are cut in the per-question table
-CHART_METRICS = ("f1", "accuracy", "hallucination_rate", "groundedness", "format_adherence", "paraphrase_agreement")
+CHART_METRICS = ("f1", "accuracy", "hallucination_rate", "draft_groundedness", "format_adherence", "paraphrase_agreement")
 TREND_METRICS = ("f1", "hallucination_rate")
 TREND_RUNS = 30  # the newest runs the trend chart shows (nightly: about a month)
 NO_FRESH = "n/a: no document changed since training"
@@ -271,8 +271,8 @@ def _fresh_cell(arm: ArmResult) -> str:
 def _grounded_cell(arm: ArmResult) -> str:
     if not arm.retrieval:
         return "n/a: no retrieval"
-    e = _m(arm, "groundedness")
-    return _est(e) + _n(e, arm.questions)
+    drafts, answers = _m(arm, "draft_groundedness"), _m(arm, "groundedness")
+    return f"drafts {_est(drafts)}{_n(drafts, arm.questions)}; answers {_est(answers)}{_n(answers, arm.questions)}"
 
 
 def _abstention_cell(arm: ArmResult) -> str:
@@ -313,7 +313,8 @@ _ASPECTS = (
             ("fresh_accuracy",), _fresh_cell, _has_fresh),
     _Aspect("Hallucination", "hallucination rate, all questions (lower is better)", ("hallucination_rate",),
             lambda arm: _est(_m(arm, "hallucination_rate")) + _n(_m(arm, "hallucination_rate"), arm.questions)),
-    _Aspect("Groundedness", "share of answer sentences supported by the retrieved sources", ("groundedness",),
+    _Aspect("Groundedness", "share of sentences supported by the retrieved sources: of every draft the generator "
+            "wrote (judged on this) and of the answers the validator let through", ("draft_groundedness",),
             _grounded_cell, lambda arm: arm.retrieval),
     _Aspect("Honest abstention", "abstention recall on unanswerable questions", ("abstention_recall",),
             _abstention_cell),
@@ -669,6 +670,16 @@ def _trend_chart(runs: Sequence[EvalRun], path: Path) -> Path:
 # --- the report ----------------------------------------------------------------------------------
 
 
+def _calibration_blocks(run: EvalRun) -> list[_Block]:
+    """Which grounding threshold the retrieval arms were held to, and how it was chosen."""
+    if not run.calibration:
+        return []
+    from tasks.calibrate import Calibration
+
+    c = Calibration(**run.calibration)
+    return [_Para(["Grounding threshold: ", c.summary(), ". How it is chosen: ", ("code", "tasks/calibrate.py"), "."])]
+
+
 def _title(run: EvalRun) -> str:
     return f"Evaluation report: run {run.run_id}"
 
@@ -716,6 +727,7 @@ def _report_blocks(
     blocks: list[_Block] = _facts(run)
     blocks += [_Heading(2, "RAG vs fine-tuning: the decision table")] + _decision_blocks(run)
     blocks += [_Heading(2, "Promotion gate")] + _gate_blocks(run)
+    blocks += [_Heading(2, "Grounding threshold")] + (_calibration_blocks(run) or [_Para("No retrieval arm ran.")])
     blocks += [_Heading(2, "Arms")] + _overview_blocks(run)
     blocks += [_Heading(2, "Every metric per arm")] + _arms_blocks(run)
     blocks += [_Heading(2, "Charts")]
@@ -774,6 +786,7 @@ def summary_markdown(run: EvalRun, report: ReportFiles | None = None) -> str:
         _Heading(3, [f"Evaluation {run.run_id}: {run.questions} questions from ", ("code", run.eval_path)]),
         *_decision_blocks(run),
         *_gate_blocks(run),
+        *_calibration_blocks(run),
     ]
     if report is not None:
         blocks.append(_Para(["Full report: ", ("code", str(report.html)),

@@ -52,13 +52,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_eval_set(path: Path, split: str | None = None, limit: int | None = None) -> EvalSet:
-    """Every row validated, then the rows of `split` (rows without a split always count), first `limit`."""
+def load_eval_set(path: Path, split: str | None = None, limit: int | None = None, strict: bool = False) -> EvalSet:
+    """Every row validated, then the rows of `split` (rows without a split always count, unless
+    `strict`: then only rows labelled `split`), first `limit`."""
     rows = _rows(Path(path))
     table = pa.Table.from_pylist(rows, schema=pa.schema([c.field() for c in EVAL_COLUMNS]))
     answers_ok = [not r["answerable"] or any(str(a).strip() for a in r["answers"]) for r in rows]
     require_valid(table.append_column("answers_ok", pa.array(answers_ok)), eval_set_suite(), key="id")
-    chosen = [r for r in rows if split is None or r["split"] in (None, split)]
+    chosen = [r for r in rows if split is None or r["split"] == split or (r["split"] is None and not strict)]
     if not chosen:
         raise EvalSetError(f"{path} has no rows with split {split!r}: set evaluation.split (null = all rows)")
     return EvalSet(Path(path), split, chosen[:limit] if limit else chosen)

@@ -7,7 +7,8 @@ with a paired bootstrap of candidate - incumbent (`tasks.metrics.paired_differen
    the champion's `hybrid` results, or the base model's `rag` results when there is no champion (the
    caller passes whichever is the incumbent). Default primary: answer token F1. "Beyond" means the
    whole interval is on the good side: lower bound > 0 (upper bound < 0 for lower-is-better metrics).
-2. **Not worse on the guard metrics** (default groundedness and hallucination rate). Worse means
+2. **Not worse on the guard metrics** (default groundedness, draft groundedness and hallucination
+   rate; draft groundedness is what the generator writes before the validator withholds anything). Worse means
    either *significantly* worse (the whole interval on the bad side, however small the change: a
    consistent loss of grounding is still a loss) or *materially* worse (the point estimate on the
    bad side by more than the metric's tolerance, default 0.02, whatever the interval says). A change
@@ -41,8 +42,8 @@ from tasks.metrics import (
     question_scores,
 )
 
-DEFAULT_GUARDS = ("groundedness", "hallucination_rate")
-DEFAULT_TOLERANCES = {"groundedness": 0.02, "hallucination_rate": 0.02, "canary": 0.05}
+DEFAULT_GUARDS = ("groundedness", "draft_groundedness", "hallucination_rate")
+DEFAULT_TOLERANCES = {"groundedness": 0.02, "draft_groundedness": 0.02, "hallucination_rate": 0.02, "canary": 0.05}
 
 
 @dataclass

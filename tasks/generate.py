@@ -213,7 +213,7 @@ class Generator:
         groups = prefill_groups([len(r) for r in rows], self.prefill_tokens)
         extra: dict[str, Any] = {}
         if len(groups) > 1 and min(len(r) for r in rows) > 1:
-            extra["past_key_values"] = self._prefill(rows, groups, enc["input_ids"].shape[1])
+            extra["cache"] = self._prefill(rows, groups, enc["input_ids"].shape[1])
         with torch.inference_mode():
             generated = self.model.generate(
                 **enc,
@@ -244,7 +244,7 @@ class Generator:
                     input_ids=enc["input_ids"],
                     attention_mask=mask if len(group) > 1 else None,  # one row: the mask-free causal path
                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )

@@ -20,6 +20,7 @@ over the values that are not None, and `Estimate.n` says how many that was.
 | `semantic_similarity` | cosine between the answer's embedding and the closest gold's (needs `embed` or vectors on the results; None otherwise) | [-1, 1] | all; answerable only |
 | `accuracy` | 1 if correct: `contains`, or `f1` >= `ScoringRules.correct_f1` (0.5) | {0, 1} | all; answerable only |
 | `groundedness` | supported sentences / sentences of the answer, per answer (each answer weighs the same, however long) | [0, 1] | rag, hybrid; answered (not abstained) with >= 1 sentence |
+| `draft_groundedness` | the same for every draft the validator judged, also those it then withheld as unsupported: how grounded the generator writes, before the validator filters (`groundedness` of what passes it is high by construction) | [0, 1] | rag, hybrid; drafts with >= 1 sentence |
 | `hallucination_rate` | 1 if an answerable question was answered wrongly (not `accuracy`) AND unsupported (support None or < `ScoringRules.support_threshold`), or an unanswerable question was answered instead of abstained; else 0 | {0, 1} | all; all questions |
 | `abstention_rate` | 1 if abstained | {0, 1} | all; all questions |
 | `abstention_precision` | over abstentions: 1 if the question is unanswerable | {0, 1} | all; abstained questions |
@@ -123,7 +124,8 @@ class QuestionResult:
 
     `retrieved_docs` is None for arms without retrieval (base, lora) and the ranked doc ids otherwise
     (possibly empty). `support` is the answer's grounding score (None when abstained or not scored);
-    `sentences_supported` / `sentences` count the grounding validator's per-sentence verdicts.
+    `sentences_supported` / `sentences` count the grounding validator's per-sentence verdicts on the
+    answer; `withheld_supported` / `withheld_sentences` the same on a draft it withheld as unsupported.
     `answer_vector` / `gold_vectors` are optional embeddings (one row per gold) for semantic
     similarity; `question_scores(..., embed=...)` computes whatever is missing.
     """
@@ -141,6 +143,8 @@ class QuestionResult:
     support: float | None = None
     sentences_supported: int = 0
     sentences: int = 0
+    withheld_supported: int = 0
+    withheld_sentences: int = 0
     retrieved_docs: list[str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float | None = None
@@ -158,6 +162,7 @@ class QuestionResult:
     ) -> "QuestionResult":
         """From an evaluation-set row (`demo/eval.jsonl` shape) and a `tasks.answer.Answer`."""
         grounding = [] if answer.abstained else list(answer.grounding)
+        withheld = list(answer.grounding) if answer.abstained else []  # a draft the validator withheld
         return cls(
             id=str(item["id"]),
             question=str(item["question"]),
@@ -172,6 +177,8 @@ class QuestionResult:
             support=None if answer.abstained else answer.support,
             sentences_supported=sum(1 for g in grounding if g.get("supported")),
             sentences=len(grounding),
+            withheld_supported=sum(1 for g in withheld if g.get("supported")),
+            withheld_sentences=len(withheld),
             retrieved_docs=None if retrieved_docs is None else list(retrieved_docs),
             timings=dict(answer.timings),
             cpu_seconds=cpu_seconds,
@@ -353,7 +360,7 @@ def question_scores(
     groups = _paraphrase_groups(results)
     pattern = re.compile(rules.format_pattern) if rules.format_pattern else None
     names = [f"hit@{rules.k}", "mrr", "ndcg@10", "em", "f1", "contains", "semantic_similarity", "accuracy",
-             "groundedness", "hallucination_rate", "abstention_rate", "abstention_precision", "abstention_recall",
+             "groundedness", "draft_groundedness", "hallucination_rate", "abstention_rate", "abstention_precision", "abstention_recall",
              "format_adherence", "paraphrase_agreement", "latency_s", "cost_cpu_s"]  # fmt: skip
     out: dict[str, list[float | None]] = {name: [] for name in names}
 
@@ -375,6 +382,10 @@ def question_scores(
                 v["semantic_similarity"] = semantic_similarity(*vectors[i])
         if not r.abstained and r.sentences > 0:
             v["groundedness"] = r.sentences_supported / r.sentences
+        drafted = (0, 0) if r.abstained else (r.sentences_supported, r.sentences)
+        drafted = (drafted[0] + r.withheld_supported, drafted[1] + r.withheld_sentences)
+        if drafted[1] > 0:
+            v["draft_groundedness"] = drafted[0] / drafted[1]
         v["hallucination_rate"] = float(is_hallucination(r, rules))
         v["abstention_rate"] = float(r.abstained)
         if r.abstained:

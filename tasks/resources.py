@@ -39,8 +39,30 @@ def search_filters(
     )
 
 
-def make_answerer(settings: Settings, table: str | None = None, retrieval: bool = True, adapter: Path | None = None):
-    """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter."""
+def support_threshold(settings: Settings) -> float:
+    """The grounding threshold answers are held to: the calibrated one for this generator when enabled and
+    present (`tasks/calibrate.py`), else `retrieval.min_support`."""
+    from tasks.calibrate import calibrated_threshold
+    from tasks.models import generator_fingerprint
+
+    if settings.retrieval.calibrated_support:
+        found = calibrated_threshold(settings.calibration_file, generator_fingerprint(settings.generator.model, settings.models_dir))
+        if found is not None:
+            return found
+    return settings.retrieval.min_support
+
+
+def make_answerer(
+    settings: Settings,
+    table: str | None = None,
+    retrieval: bool = True,
+    adapter: Path | None = None,
+    min_support: float | None = None,
+):
+    """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter.
+
+    `min_support` overrides the grounding threshold (default: `support_threshold(settings)`).
+    """
     from tasks.answer import Answerer
     from tasks.generate import Generator
     from tasks.ground import LexicalSemanticScorer
@@ -59,6 +81,6 @@ def make_answerer(settings: Settings, table: str | None = None, retrieval: bool 
         k=r.k,
         context_tokens=g.context_tokens,
         min_dense=r.min_dense,
-        min_support=r.min_support,
+        min_support=support_threshold(settings) if min_support is None else min_support,
         rewrite_queries=r.rewrite_queries,
     )

@@ -122,7 +122,15 @@ def test_arena_runs_every_arm_gates_the_candidate_and_writes_the_report(setup, t
     assert run.gate is not None and run.gate.candidate == trained and not run.gate.promote and run.gate.applied
     registry = Registry(tmp_path / "home" / "adapters", tmp_path / "home" / "locks")
     assert registry.get(trained).status == "rejected" and registry.champion() is None
-    assert registry.get(trained).decisions()[0]["action"] == "reject"
+    decision = registry.get(trained).decisions()[0]
+    assert decision["action"] == "reject" and decision["report"] == run.run_id  # applied after its report was written
+
+    # The grounding threshold was calibrated on the train split's drafts first: too few here, so the
+    # default stays, the run says why, and the choice is stored for reuse.
+    c = run.calibration
+    assert c is not None and not c["calibrated"] and c["threshold"] == c["default"] == run.settings["retrieval"]["min_support"]
+    assert "drafts" in c["reason"] and "Grounding threshold" in (run_dir / "report.md").read_text()
+    assert json.loads((tmp_path / "home" / "calibration" / "grounding.json").read_text())["key"] == c["key"]
 
     # With no champion and no candidate left, the newest adapter is still compared (not gated).
     second = evaluate(arms=["lora"], limit=1, config_file=config)

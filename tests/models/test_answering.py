@@ -68,6 +68,22 @@ def test_batched_generation_equals_one_at_a_time(answerer):
     assert all(g.new_tokens > 0 for g in batched)
 
 
+def test_split_prefill_generation_equals_one_at_a_time_with_the_real_model(answerer):
+    """Retrieval prompts of different lengths, each prefilled alone and decoded as one batch: the
+    same greedy answers as one at a time."""
+    from tasks.generate import Generator, rag_messages
+
+    g = answerer.generator
+    questions = ["When does the staff canteen serve lunch?", "What is the hotel cap in London?", "Who approves travel?"]
+    conversations = [rag_messages(q, answerer._retrieve(q, r).sources)
+                     for q, r in zip(questions, answerer.retriever.search_many(questions, 20))]
+    split = Generator(g.model, g.tokenizer, max_new_tokens=24, batch_size=3, prefill_tokens=1)  # every row alone
+    single = Generator(g.model, g.tokenizer, max_new_tokens=24, batch_size=1)
+    batched = split.generate(conversations)
+    assert [x.text for x in batched] == [single.generate([c])[0].text for c in conversations]
+    assert len({len(g.tokenizer(g.prompt(c))["input_ids"]) for c in conversations}) > 1  # lengths differ: padding was merged
+
+
 def test_injected_instructions_do_not_change_the_answer(answerer):
     result = answerer.ask("When does the staff canteen serve lunch?")
     assert CANARY not in result.answer and CANARY not in (result.draft or "")

@@ -52,10 +52,10 @@ def make_run(
 ) -> EvalRun:
     arms = [
         arm("base", "base", metrics(f1=est(0.20), hallucination_rate=est(0.60))),
-        arm("rag", "rag", metrics(f1=est(0.70), hallucination_rate=est(0.10), groundedness=est(0.8))),
+        arm("rag", "rag", metrics(f1=est(0.70), hallucination_rate=est(0.10), groundedness=est(0.8), draft_groundedness=est(0.6))),
         arm("lora", "lora", metrics(f1=est(0.40), hallucination_rate=est(0.45)), train_wall_s=754.0),
         # hybrid's F1 overlaps rag's interval: answer quality has no clear winner
-        arm("hybrid", "hybrid", metrics(f1=est(0.72), hallucination_rate=est(0.25), groundedness=est(0.78)),
+        arm("hybrid", "hybrid", metrics(f1=est(0.72), hallucination_rate=est(0.25), groundedness=est(0.78), draft_groundedness=est(0.5)),
             train_wall_s=754.0),
     ]  # fmt: skip
     return EvalRun(
@@ -111,7 +111,7 @@ def test_freshness_is_na_when_nothing_changed_and_measured_otherwise():
 def test_groundedness_is_na_without_retrieval():
     cells = row(make_run(), "Groundedness")["cells"]
     assert cells["base"] == cells["lora"] == "n/a: no retrieval"
-    assert cells["rag"].startswith("0.80")
+    assert cells["rag"].startswith("drafts 0.60") and "answers 0.80" in cells["rag"]
 
 
 def test_cost_shows_training_wall_time_for_adapter_arms_only():

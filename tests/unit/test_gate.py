@@ -55,15 +55,29 @@ def test_rejects_a_hallucination_regression():
 def test_rejects_a_groundedness_regression():
     # Half the sentences of 30 answers unsupported: groundedness 1.0 -> 0.75.
     d = decide(arm("hybrid", BETTER, grounded={i: (1, 2) for i in range(30)}), INCUMBENT, CANARY, CANARY)
-    assert not d.promote and d.reasons[0] == "reject: failed groundedness"
+    assert not d.promote and d.reasons[0] == "reject: failed groundedness, draft_groundedness"  # an answer is its draft
     assert d.numbers["checks"]["groundedness"]["difference"]["value"] == pytest.approx(-0.25)
+
+
+def test_rejects_drafts_that_got_less_grounded_even_when_the_answers_shown_did_not():
+    # 20 drafts with no supported sentence, withheld by the validator: the answers shown are as grounded
+    # as before, but the adapter writes worse drafts.
+    candidate = arm("hybrid", BETTER)
+    for r in candidate[40:]:
+        r.abstained, r.answer, r.sentences_supported, r.sentences = True, "The documents don't answer this.", 0, 0
+        r.withheld_supported, r.withheld_sentences = 0, 1
+    d = decide(candidate, INCUMBENT, CANARY, CANARY)
+    checks = d.numbers["checks"]
+    assert checks["groundedness"]["passed"] and not checks["draft_groundedness"]["passed"]
+    assert checks["draft_groundedness"]["difference"]["value"] == pytest.approx(-20 / 60, abs=1e-3)
+    assert "draft_groundedness" in d.reasons[0]
 
 
 def test_groundedness_tolerance_decides_a_small_noisy_drop():
     # One answer of 60 loses half its support: -0.008, interval reaches 0.
     candidate = arm("hybrid", BETTER, grounded={0: (1, 2)})
     assert decide(candidate, INCUMBENT, CANARY, CANARY).promote
-    strict = decide(candidate, INCUMBENT, CANARY, CANARY, tolerances={"groundedness": 0.005})
+    strict = decide(candidate, INCUMBENT, CANARY, CANARY, tolerances={"groundedness": 0.005, "draft_groundedness": 0.005})
     assert not strict.promote and "drops by 0.008 > tolerance 0.005" in " ".join(strict.reasons)
 
 

@@ -156,6 +156,16 @@ def test_groundedness_is_a_mean_per_answer():
     assert arm_metrics(results, resamples=50)["groundedness"].value == pytest.approx(0.625)  # pooled would be 0.5
 
 
+def test_draft_groundedness_also_counts_drafts_the_validator_withheld():
+    results = [qr("a", "£185.", sentences_supported=2, sentences=2),
+               qr("b", abstained=True, withheld_supported=1, withheld_sentences=4),  # withheld as unsupported
+               qr("c", abstained=True),  # the model abstained itself: no draft to judge
+               qr("d", "£185.")]  # fmt: skip
+    scores = question_scores(results)
+    assert scores["draft_groundedness"] == [1.0, 0.25, None, None]
+    assert scores["groundedness"] == [1.0, None, None, None]
+
+
 def test_paraphrase_agreement_on_crafted_groups():
     results = [
         qr("a1", "The cap is £185 [1].", paraphrase_group="g1"),

@@ -1,0 +1,210 @@
+"""Calibrate the grounding threshold on the generator's own answers.
+
+The validator's default threshold (`tasks.ground.DEFAULT_THRESHOLD`) was fitted on HaluEval, where
+right and hallucinated answers are written by people. A small generator's answers look different:
+on SmolLM2's answers the same threshold withheld many right answers (bench/results/grounding-latest.md).
+So before an evaluation, the grounded answerer drafts answers to questions outside the scored
+split (the evaluation file's `train` split by default), each draft is labelled right or wrong, and
+the threshold is chosen where keeping answers pays most:
+
+    utility(t) = right drafts kept - wrong_cost x wrong drafts kept,   kept = support >= t
+
+A draft is right when it would count as correct (`tasks.metrics.is_correct`); any draft for an
+unanswerable question is wrong (answering it is a hallucination). Ties go to the higher threshold.
+
+A threshold fitted on a few dozen drafts can fit their noise: on the demo's 46 training-split drafts
+the best threshold (0.78) kept 3 right / 1 wrong there but 2 right / 3 wrong on the test split, where
+the default kept 12 / 7. So the fitted threshold is adopted only when it generalises within the
+drafts themselves: over random halvings, the threshold chosen on one half must beat the default on
+the other half in at least `adopt_share` of the splits. Otherwise, with too few drafts, or with
+drafts of one kind only, the default stays and the calibration says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from tasks.metrics import QuestionResult, ScoringRules, is_correct
+
+ABOVE_ALL = 1.0 + 1e-9  # a threshold no support reaches: abstain on every draft
+
+
+@dataclass
+class Calibration:
+    """The chosen threshold, what it was chosen on, and what it changes there."""
+
+    threshold: float
+    default: float
+    calibrated: bool  # False: the default was kept (see `reason`)
+    reason: str
+    wrong_cost: float
+    drafts: int  # drafts whose support decided (the model did not abstain itself)
+    right: int
+    wrong: int
+    auroc: float | None  # P(a right draft gets more support than a wrong one)
+    fitted: float | None = None  # the utility-maximising threshold on all drafts (adopted only if it generalises)
+    held_out_wins: float | None = None  # share of halvings where the half-fitted threshold beat the default
+    at_default: dict[str, int] = field(default_factory=dict)  # kept / right_kept / wrong_kept at the default
+    at_threshold: dict[str, int] = field(default_factory=dict)
+    key: str = ""
+    generator: str = ""  # fingerprint of the generator whose drafts it was chosen on
+    created_at: str = ""
+
+    @classmethod
+    def default_kept(cls, default: float, wrong_cost: float, reason: str) -> "Calibration":
+        """No calibration was possible: the default threshold, and why."""
+        return cls(threshold=default, default=default, calibrated=False, reason=reason, wrong_cost=wrong_cost,
+                   drafts=0, right=0, wrong=0, auroc=None)
+
+    def summary(self) -> str:
+        if not self.calibrated:
+            seen = f" on {self.drafts} drafts ({self.right} right, {self.wrong} wrong" + (
+                f", AUROC {self.auroc:.2f})" if self.auroc is not None else ")") if self.drafts else ""
+            return f"grounding threshold {self.threshold:.3f}: default kept{seen}: {self.reason}"
+        d, t = self.at_default, self.at_threshold
+        return (
+            f"grounding threshold {self.threshold:.3f} (default {self.default:.3f}), chosen on {self.drafts} drafts "
+            f"({self.right} right, {self.wrong} wrong, AUROC {self.auroc:.2f}): keeps {t['right_kept']} right / "
+            f"{t['wrong_kept']} wrong, where the default kept {d['right_kept']} / {d['wrong_kept']}"
+        )
+
+
+def kept(supports: Sequence[float], right: Sequence[bool], threshold: float) -> dict[str, int]:
+    keep = [s >= threshold for s in supports]
+    return {
+        "kept": sum(keep),
+        "right_kept": sum(k and r for k, r in zip(keep, right)),
+        "wrong_kept": sum(k and not r for k, r in zip(keep, right)),
+    }
+
+
+def auroc(supports: Sequence[float], right: Sequence[bool]) -> float | None:
+    """Share of (right, wrong) pairs where the right draft has more support (ties count half)."""
+    pos = [s for s, r in zip(supports, right) if r]
+    neg = [s for s, r in zip(supports, right) if not r]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def utility(supports: Sequence[float], right: Sequence[bool], threshold: float, wrong_cost: float) -> float:
+    k = kept(supports, right, threshold)
+    return k["right_kept"] - wrong_cost * k["wrong_kept"]
+
+
+def best_threshold(supports: Sequence[float], right: Sequence[bool], wrong_cost: float) -> float:
+    """The support value (or "abstain on all") where keeping answers pays most; ties go higher."""
+    candidates = sorted(set(supports) | {ABOVE_ALL})
+    return max(candidates, key=lambda t: (utility(supports, right, t, wrong_cost), t))
+
+
+def held_out_wins(
+    supports: Sequence[float], right: Sequence[bool], wrong_cost: float, default: float, splits: int = 100, seed: int = 0
+) -> float:
+    """Share of random halvings (both ways) where the threshold fitted on one half beats the default on the other."""
+    rng = random.Random(seed)
+    index = list(range(len(supports)))
+    wins = 0
+    for _ in range(splits):
+        rng.shuffle(index)
+        half = len(index) // 2
+        for fit, test in ((index[:half], index[half:]), (index[half:], index[:half])):
+            t = best_threshold([supports[i] for i in fit], [right[i] for i in fit], wrong_cost)
+            s, r = [supports[i] for i in test], [right[i] for i in test]
+            wins += utility(s, r, t, wrong_cost) > utility(s, r, default, wrong_cost)
+    return wins / (2 * splits)
+
+
+def choose_threshold(
+    supports: Sequence[float],
+    right: Sequence[bool],
+    wrong_cost: float,
+    default: float,
+    min_drafts: int = 20,
+    adopt_share: float = 0.8,
+) -> Calibration:
+    """The utility-maximising threshold when it generalises, else the default (see the module docstring)."""
+    n_right = sum(right)
+    n_wrong = len(right) - n_right
+    base = dict(default=default, wrong_cost=wrong_cost, drafts=len(supports), right=n_right, wrong=n_wrong,
+                auroc=auroc(supports, right), at_default=kept(supports, right, default))
+    reason = None
+    if len(supports) < min_drafts:
+        reason = f"only {len(supports)} drafts to calibrate on (at least {min_drafts} needed)"
+    elif n_right == 0 or n_wrong == 0:
+        reason = f"all {len(supports)} drafts were {'right' if n_wrong == 0 else 'wrong'}: nothing to separate"
+    if reason is not None:
+        return Calibration(threshold=default, calibrated=False, reason=reason, at_threshold=base["at_default"], **base)  # type: ignore[arg-type]
+    fitted = min(best_threshold(supports, right, wrong_cost), 1.0)  # "abstain on all" is stored as 1.0
+    wins = held_out_wins(supports, right, wrong_cost, default)
+    gain = f"right - {wrong_cost:g} x wrong kept: {utility(supports, right, fitted, wrong_cost):+g} at {fitted:.3f}, " \
+           f"{utility(supports, right, default, wrong_cost):+g} at the default"
+    if wins < adopt_share:
+        reason = (f"the fitted threshold {fitted:.3f} does not generalise: fitted on half the drafts it beat the default "
+                  f"on the other half in {wins:.0%} of splits (needs {adopt_share:.0%}); {gain}")
+        return Calibration(threshold=default, calibrated=False, reason=reason, at_threshold=base["at_default"],
+                           fitted=fitted, held_out_wins=wins, **base)  # type: ignore[arg-type]
+    return Calibration(
+        threshold=float(fitted), calibrated=True, reason=f"{gain}; beat the default on held-out halves in {wins:.0%} of splits",
+        at_threshold=kept(supports, right, fitted), fitted=fitted, held_out_wins=wins, **base,  # type: ignore[arg-type]
+    )
+
+
+def draft_labels(results: Sequence[QuestionResult], rules: ScoringRules = ScoringRules()) -> tuple[list[float], list[bool]]:
+    """(support, right) of every draft the validator judged: answered with a support score.
+
+    Pass results of an answerer that withholds nothing on support (`min_support=0`), so every
+    draft the model wrote is here; abstentions of the model itself and of retrieval are left out.
+    """
+    supports, right = [], []
+    for r in results:
+        if r.abstained or r.support is None:
+            continue
+        supports.append(float(r.support))
+        right.append(r.answerable and is_correct(r, rules))
+    return supports, right
+
+
+def calibration_key(parts: dict[str, Any]) -> str:
+    """What a calibration depends on (generator, adapter, retrieval and grounding settings, the rows)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_calibration(path: Path) -> Calibration | None:
+    """The stored calibration, or None when there is none (or it cannot be read: recalibrate)."""
+    if not path.is_file():
+        return None
+    try:
+        return Calibration(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
+def load_calibration(path: Path, key: str) -> Calibration | None:
+    """The stored calibration when it was made for `key` (same generator, settings and rows), else None."""
+    found = read_calibration(path)
+    return found if found is not None and found.key == key else None
+
+
+def calibrated_threshold(path: Path, generator: str) -> float | None:
+    """The threshold the last evaluation chose for this generator, for answering outside evaluations."""
+    found = read_calibration(path)
+    return found.threshold if found is not None and found.calibrated and found.generator == generator else None
+
+
+def save_calibration(calibration: Calibration, path: Path, key: str, generator: str = "") -> Calibration:
+    calibration.key, calibration.generator = key, generator
+    calibration.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
+    os.replace(tmp, path)
+    return calibration

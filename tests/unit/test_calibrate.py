@@ -1,0 +1,79 @@
+"""Choosing the grounding threshold on the generator's own drafts (no model needed)."""
+
+from __future__ import annotations
+
+from tasks.calibrate import Calibration, auroc, held_out_wins, calibration_key, choose_threshold, draft_labels, kept, load_calibration, save_calibration
+from tasks.metrics import QuestionResult
+
+
+def test_threshold_maximises_right_minus_cost_times_wrong_kept():
+    supports = [0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9] * 3
+    right = [False, False, True, False, True, True, True, True] * 3
+    c = choose_threshold(supports, right, wrong_cost=1.0, default=0.95)
+    # Keeping from 0.6 up: 12 right, 0 wrong (+12); from 0.3 up: 15 right, 3 wrong (+12): ties go higher.
+    assert c.calibrated and c.threshold == 0.6
+    assert c.at_threshold == {"kept": 12, "right_kept": 12, "wrong_kept": 0}
+    assert c.at_default == {"kept": 0, "right_kept": 0, "wrong_kept": 0}
+    # A cheap wrong answer moves the threshold down to keep the right 0.3 drafts.
+    assert choose_threshold(supports, right, wrong_cost=0.5, default=0.95).threshold == 0.3
+    # Wrong answers so costly that nothing is worth keeping: abstain on every draft.
+    mostly_wrong = choose_threshold([0.5, 0.6, 0.7] * 10, [False, True, False] * 10, wrong_cost=5.0, default=0.5)
+    assert mostly_wrong.threshold == 1.0 and mostly_wrong.at_threshold["kept"] == 0
+    assert c.held_out_wins is not None and c.held_out_wins >= 0.8
+    assert held_out_wins(supports, right, 1.0, default=0.95) == c.held_out_wins  # seeded: the same every time
+
+
+def test_the_default_stays_when_there_is_too_little_or_nothing_to_separate():
+    few = choose_threshold([0.2, 0.9], [False, True], wrong_cost=1.0, default=0.61)
+    assert not few.calibrated and few.threshold == 0.61 and "only 2 drafts" in few.reason
+    one_kind = choose_threshold([0.2, 0.9] * 15, [True, True] * 15, wrong_cost=1.0, default=0.61)
+    assert not one_kind.calibrated and "all 30 drafts were right" in one_kind.reason
+    assert "default kept" in one_kind.summary()
+
+
+def test_a_threshold_that_only_fits_noise_is_not_adopted():
+    """Right exactly when support reaches the default, up to 15 % label noise: the default is already
+    best, so whatever the drafts' noise suggests instead must not be adopted."""
+    import random
+
+    rng = random.Random(1)
+    supports = [rng.random() for _ in range(60)]
+    right = [(s >= 0.61) != (rng.random() < 0.15) for s in supports]
+    c = choose_threshold(supports, right, wrong_cost=1.0, default=0.61)
+    assert not c.calibrated and c.threshold == 0.61 and c.fitted is not None
+    assert c.held_out_wins is not None and c.held_out_wins < 0.8 and "does not generalise" in c.reason
+
+
+def test_auroc_and_kept_counts():
+    assert auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert auroc([0.1, 0.9], [True, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.5], [True]) is None
+    assert kept([0.2, 0.7, 0.9], [True, False, True], 0.7) == {"kept": 2, "right_kept": 1, "wrong_kept": 1}
+
+
+def _result(answer: str, support: float | None, answerable: bool = True, abstained: bool = False) -> QuestionResult:
+    return QuestionResult(id=answer, question="q", arm="rag", answerable=answerable, golds=["150 EUR"],
+                          answer=answer, abstained=abstained, support=support)
+
+
+def test_drafts_are_labelled_by_correctness_and_unanswerable_drafts_are_wrong():
+    results = [
+        _result("Hotels are capped at 150 EUR per night.", 0.4),
+        _result("Hotels are capped at 200 EUR.", 0.8),
+        _result("The cap is 150 EUR.", 0.7, answerable=False),  # answering an unanswerable question
+        _result("The documents don't answer this.", None, abstained=True),  # the model abstained: not a draft
+    ]
+    assert draft_labels(results) == ([0.4, 0.8, 0.7], [True, False, False])
+
+
+def test_a_stored_calibration_is_reused_only_for_the_same_key(tmp_path):
+    path = tmp_path / "calibration" / "grounding.json"
+    c = choose_threshold([0.1, 0.9] * 15, [False, True] * 15, wrong_cost=1.0, default=0.61)
+    key = calibration_key({"generator": "g", "rows": "abc"})
+    save_calibration(c, path, key)
+    again = load_calibration(path, key)
+    assert isinstance(again, Calibration) and again.threshold == c.threshold and again.created_at
+    assert load_calibration(path, calibration_key({"generator": "g", "rows": "abd"})) is None
+    path.write_text("{not json")
+    assert load_calibration(path, key) is None
