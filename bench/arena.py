@@ -10,6 +10,13 @@ Each arm answers the same test-split questions of demo/eval.jsonl through the pr
 The lora/hybrid arms load a freshly initialised LoRA adapter (r=8 on q/k/v/o, B = 0): the answers
 equal base's, the compute is a real adapter's. Throughput = questions / wall time of the arm after
 a warm-up batch; answers of batch 1 and batch N are compared for equality (greedy decoding).
+
+Two more numbers per arm explain the ratio:
+- `padded`: the largest batch with the previous engine (the whole batch prefilled as one padded
+  batch: `prefill_tokens` unlimited), measured in the same run;
+- `prefill floor`: seconds per question of prefilling each prompt alone (one forward pass, no
+  decoding). Prefill is compute-bound, so batching cannot make it cheaper: one-at-a-time time ÷ this
+  floor is the most any batch size could gain, however well the decoding is batched.
 Results: bench/results/arena-latest.{json,md}.
 """
 
@@ -45,13 +52,22 @@ def fresh_adapter(settings, folder: Path) -> Path:
     return folder
 
 
-def measure(settings, arm: str, rows: list[dict], batch: int, adapter: Path) -> dict:
-    from tasks.arena import ArmSpec, run_arm
-    from tasks.resources import make_answerer, search_filters
+def _answerer(settings, arm: str, adapter: Path):
+    from tasks.resources import make_answerer
 
     retrieval, with_adapter = ARMS[arm]
-    answerer = make_answerer(settings, None, retrieval=retrieval, adapter=adapter if with_adapter else None)
+    return make_answerer(settings, None, retrieval=retrieval, adapter=adapter if with_adapter else None)
+
+
+def measure(settings, arm: str, rows: list[dict], batch: int, adapter: Path, prefill_tokens: int | None = None) -> dict:
+    from tasks.arena import ArmSpec, run_arm
+    from tasks.generate import PREFILL_TOKENS
+    from tasks.resources import search_filters
+
+    retrieval = ARMS[arm][0]
+    answerer = _answerer(settings, arm, adapter)
     answerer.generator.batch_size = batch
+    answerer.generator.prefill_tokens = prefill_tokens or PREFILL_TOKENS
     spec = ArmSpec(arm, arm, retrieval)
     run_arm(spec, rows[:batch], answerer, search_filters(settings), batch)  # warm-up
     started = time.perf_counter()
@@ -66,6 +82,29 @@ def measure(settings, arm: str, rows: list[dict], batch: int, adapter: Path) -> 
     }
 
 
+def prefill_floor(settings, arm: str, rows: list[dict], adapter: Path) -> float:
+    """Seconds per question to prefill each prompt alone: the compute no batch size removes."""
+    import torch
+
+    from tasks.generate import base_messages, rag_messages
+    from tasks.resources import search_filters
+
+    answerer = _answerer(settings, arm, adapter)
+    g, questions = answerer.generator, [r["question"] for r in rows]
+    if answerer.retriever is None:
+        conversations = [base_messages(q) for q in questions]
+    else:
+        found = answerer.retriever.search_many(questions, max(answerer.k * 4, answerer.retriever.candidates), search_filters(settings))
+        conversations = [rag_messages(q, answerer._retrieve(q, r).sources) for q, r in zip(questions, found)]
+    prompts = [g.tokenizer(g.prompt(c), add_special_tokens=False, return_tensors="pt")["input_ids"] for c in conversations]
+    with torch.inference_mode():
+        g.model(input_ids=prompts[0], logits_to_keep=1)  # warm-up
+        started = time.perf_counter()
+        for ids in prompts:
+            g.model(input_ids=ids, logits_to_keep=1)
+    return (time.perf_counter() - started) / len(prompts)
+
+
 def markdown(result: dict) -> str:
     sizes = result["batch_sizes"]
     lines = [
@@ -74,13 +113,24 @@ def markdown(result: dict) -> str:
         f"`bench/arena.py` — {result['questions']} test questions of demo/eval.jsonl per arm, {result['threads']} torch threads, "
         f"packaged SmolLM2 (greedy, max {result['max_new_tokens']} new tokens), k={result['k']} sources.",
         "",
-        "| arm | " + " | ".join(f"batch {b} q/min" for b in sizes) + f" | batch {sizes[-1]} ÷ batch 1 | same answers |",
-        "|---|" + "---:|" * (len(sizes) + 2),
+        "| arm | " + " | ".join(f"batch {b} q/min" for b in sizes)
+        + f" | batch {sizes[-1]} ÷ batch 1 | same answers | batch {sizes[-1]}, padded prefill | prefill floor s/q | ceiling |",
+        "|---|" + "---:|" * (len(sizes) + 5),
     ]
     for arm, r in result["arms"].items():
         cells = [f"{r[str(b)]['questions_per_min']:.1f}" for b in sizes]
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | **{r['ratio']:.2f}x** | {r['same_answers']:.0%} |")
-    lines += ["", f"Batched ÷ one-at-a-time (batch {result['best_batch']}), median over arms: **{result['median_ratio']:.2f}x** (goal ≥ 3x)."]
+        lines.append(
+            f"| {arm} | " + " | ".join(cells) + f" | **{r['ratio']:.2f}x** | {r['same_answers']:.0%} | "
+            f"{r['padded']['questions_per_min']:.1f} ({r['padded_ratio']:.2f}x) | {r['prefill_floor_s']:.2f} | {r['ceiling']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Batched ÷ one-at-a-time (batch {result['best_batch']}), median over arms: **{result['median_ratio']:.2f}x** (goal ≥ 3x).",
+        "",
+        "`padded prefill`: the same batch with the whole batch prefilled as one padded batch (the engine before split "
+        "prefill), in q/min and ÷ batch 1. `prefill floor`: seconds per question to prefill each prompt alone; "
+        "`ceiling` = batch-1 seconds per question ÷ that floor, the most any batching of the decoding could gain.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -113,11 +163,18 @@ def main() -> None:
     for arm in args.arms.split(","):
         per = {str(b): measure(settings, arm, rows, b, adapter) for b in sizes}
         one, best = per[str(sizes[0])], per[str(sizes[-1])]
+        padded = measure(settings, arm, rows, sizes[-1], adapter, prefill_tokens=10**9)
         same = sum(a == b for a, b in zip(one["answers"], best["answers"])) / len(rows)
-        for r in per.values():
+        for r in (*per.values(), padded):
             r.pop("answers")
-        result["arms"][arm] = {**per, "ratio": round(best["questions_per_min"] / one["questions_per_min"], 2), "same_answers": same}
-        print(arm, {b: r["questions_per_min"] for b, r in per.items()}, flush=True)
+        floor = prefill_floor(settings, arm, rows, adapter)
+        result["arms"][arm] = {
+            **per, "ratio": round(best["questions_per_min"] / one["questions_per_min"], 2), "same_answers": same,
+            "padded": padded, "padded_ratio": round(padded["questions_per_min"] / one["questions_per_min"], 2),
+            "prefill_floor_s": round(floor, 3), "ceiling": round(one["wall_s"] / len(rows) / floor, 2),
+        }
+        print(arm, {b: r["questions_per_min"] for b, r in per.items()}, "padded", padded["questions_per_min"],
+              "floor", round(floor, 3), flush=True)
     ratios = sorted(r["ratio"] for r in result["arms"].values())
     result["median_ratio"] = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2
     result["best_batch"] = sizes[-1]
