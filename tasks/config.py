@@ -47,6 +47,9 @@ class GeneratorSettings(BaseModel):
     max_new_tokens: int = Field(80, ge=1, le=4096)
     context_tokens: int = Field(1024, ge=64, description="Token budget for the packed sources in the prompt.")
     batch_size: int = Field(8, ge=1, le=256, description="Questions generated together (left padding).")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Inference precision; bfloat16 is faster on CPUs with bf16 matmuls (bench/arena.py --dtype)."
+    )
 
 
 class RetrievalSettings(BaseModel):

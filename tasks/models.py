@@ -217,14 +217,14 @@ def resolve_generator(model: str, models_dir: Path) -> tuple[str, bool]:
 
 
 @functools.lru_cache(maxsize=3)
-def _causal_lm(location: str, local: bool, adapter: str | None) -> tuple[Any, Any]:
+def _causal_lm(location: str, local: bool, adapter: str | None, dtype: str = "float32") -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet()
     with _offline(local):
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=getattr(torch, dtype), local_files_only=local)
     if adapter is not None:
         # A fresh base per adapter: peft injects its layers into the model it wraps.
         from peft import PeftModel
@@ -236,11 +236,16 @@ def _causal_lm(location: str, local: bool, adapter: str | None) -> tuple[Any, An
     return model, tokenizer
 
 
-def load_generator(model: str, models_dir: Path, threads: int = 1, adapter: Path | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of the configured causal LM, with an optional LoRA adapter, loaded once per process."""
+def load_generator(
+    model: str, models_dir: Path, threads: int = 1, adapter: Path | None = None, dtype: str = "float32"
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of the configured causal LM, with an optional LoRA adapter, loaded once per process.
+
+    `dtype` is the inference precision ("float32" or "bfloat16"); training always loads float32.
+    """
     set_threads(threads)
     location, local = resolve_generator(model, models_dir)
-    return _causal_lm(location, local, str(Path(adapter).resolve()) if adapter else None)
+    return _causal_lm(location, local, str(Path(adapter).resolve()) if adapter else None, dtype)
 
 
 @functools.lru_cache(maxsize=3)

@@ -69,7 +69,7 @@ def make_answerer(
     from tasks.rerank import make_reranker
 
     g, r = settings.generator, settings.retrieval
-    model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, adapter=adapter)
+    model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, adapter=adapter, dtype=g.dtype)
     generator = Generator(model, tokenizer, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
     retriever = open_retriever(settings, table) if retrieval else None
     scorer = LexicalSemanticScorer(retriever.embedder) if retriever else None
