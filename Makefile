@@ -44,7 +44,8 @@ test-fast: setup
 
 # Ingestion throughput (Debian docs), retrieval quality + latency (HaluEval dev, demo set), grounding
 # calibration (HaluEval dev), LoRA training throughput vs a naive Trainer, arena throughput by batch
-# size: results in bench/results/*-latest.{json,md}. bench/reranker.py (the fine-tuned cross-encoder
+# size (with the prefill floor that bounds it), float32 vs bfloat16 inference: results in
+# bench/results/*-latest.{json,md}. bench/reranker.py (the fine-tuned cross-encoder
 # experiment, ~25 min) runs on its own.
 bench: models
 	$(BIN)/python bench/run.py
@@ -52,6 +53,7 @@ bench: models
 	$(BIN)/python bench/grounding.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/arena.py
+	$(BIN)/python bench/precision.py
 
 clean:
 	rm -rf $(VENV) $(RAGTUNE_HOME)

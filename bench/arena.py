@@ -3,8 +3,7 @@ batched vs one-at-a-time generation ratio (goal >= 3x).
 
     .venv/bin/python bench/arena.py [--questions 24] [--batch-sizes 1,4,8,16] [--threads 2]
     .venv/bin/python bench/arena.py --quick          # 8 questions, batch sizes 1 and 8
-    .venv/bin/python bench/arena.py --dtype bfloat16 # bf16 inference: results in arena-bfloat16-latest.*,
-                                                     # answers compared with the float32 run's
+    (float32 vs bfloat16 inference: bench/precision.py)
 
 The demo corpus is ingested into a private home (bench/data/home-arena) with the packaged models.
 Each arm answers the same test-split questions of demo/eval.jsonl through the production path
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -134,9 +132,6 @@ def markdown(result: dict) -> str:
         "prefill), in q/min and ÷ batch 1. `prefill floor`: seconds per question to prefill each prompt alone; "
         "`ceiling` = batch-1 seconds per question ÷ that floor, the most any batching of the decoding could gain.",
     ]
-    same = {arm: r["same_as_float32"] for arm, r in result["arms"].items() if "same_as_float32" in r}
-    if same:
-        lines += ["", "Batch-1 answers equal to the float32 run's: " + ", ".join(f"{a} {v:.0%}" for a, v in same.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -147,12 +142,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arms", default="base,rag,lora,hybrid")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     if args.quick:
         args.questions, args.batch_sizes = 8, "1,8"
     home = bench_home(DATA / "home-arena", args.threads)
-    os.environ["RAGTUNE_GENERATOR__DTYPE"] = args.dtype
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     from prefect.testing.utilities import prefect_test_harness
 
@@ -166,14 +159,13 @@ def main() -> None:
     rows = [json.loads(line) for line in (REPO / "demo" / "eval.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["split"] == "test"][: args.questions]
     adapter = fresh_adapter(settings, home / "untrained-adapter")
-    result: dict = {"questions": len(rows), "batch_sizes": sizes, "threads": args.threads, "arms": {}, "dtype": args.dtype,
+    result: dict = {"questions": len(rows), "batch_sizes": sizes, "threads": args.threads, "arms": {}, "dtype": settings.generator.dtype,
                     "max_new_tokens": settings.generator.max_new_tokens, "k": settings.retrieval.k}
     for arm in args.arms.split(","):
         per = {str(b): measure(settings, arm, rows, b, adapter) for b in sizes}
         one, best = per[str(sizes[0])], per[str(sizes[-1])]
         padded = measure(settings, arm, rows, sizes[-1], adapter, prefill_tokens=10**9)
         same = sum(a == b for a, b in zip(one["answers"], best["answers"])) / len(rows)
-        answers = one["answers"]
         for r in (*per.values(), padded):
             r.pop("answers")
         floor = prefill_floor(settings, arm, rows, adapter)
@@ -181,7 +173,6 @@ def main() -> None:
             **per, "ratio": round(best["questions_per_min"] / one["questions_per_min"], 2), "same_answers": same,
             "padded": padded, "padded_ratio": round(padded["questions_per_min"] / one["questions_per_min"], 2),
             "prefill_floor_s": round(floor, 3), "ceiling": round(one["wall_s"] / len(rows) / floor, 2),
-            "answers_batch1": answers,
         }
         print(arm, {b: r["questions_per_min"] for b, r in per.items()}, "padded", padded["questions_per_min"],
               "floor", round(floor, 3), flush=True)
@@ -190,16 +181,8 @@ def main() -> None:
     result["best_batch"] = sizes[-1]
     result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result["seconds"] = round(time.perf_counter() - started, 1)
-    name = "arena" if args.dtype == "float32" else f"arena-{args.dtype}"
-    reference = RESULTS / "arena-latest.json"
-    if args.dtype != "float32" and reference.is_file():  # how often the cheaper precision gives the same answer
-        fp32 = json.loads(reference.read_text())["arms"]
-        for arm, r in result["arms"].items():
-            theirs = fp32.get(arm, {}).get("answers_batch1")
-            if theirs and len(theirs) == len(r["answers_batch1"]):
-                r["same_as_float32"] = sum(a == b for a, b in zip(r["answers_batch1"], theirs)) / len(theirs)
     md = markdown(result)
-    write_results(name, result, md, folder=home / "bench" if args.quick else RESULTS)  # a smoke run keeps the published results
+    write_results("arena", result, md, folder=home / "bench" if args.quick else RESULTS)  # a smoke run keeps the published results
     print(md)
 
 

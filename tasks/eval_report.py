@@ -677,7 +677,8 @@ def _calibration_blocks(run: EvalRun) -> list[_Block]:
     from tasks.calibrate import Calibration
 
     c = Calibration(**run.calibration)
-    return [_Para(["Grounding threshold: ", c.summary(), ". How it is chosen: ", ("code", "tasks/calibrate.py"), "."])]
+    text = c.summary()
+    return [_Para([text[0].upper() + text[1:], ". How it is chosen: ", ("code", "tasks/calibrate.py"), "."])]
 
 
 def _title(run: EvalRun) -> str:

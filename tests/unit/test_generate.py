@@ -134,3 +134,20 @@ def test_split_prefill_generates_what_one_padded_prefill_and_one_at_a_time_do(ti
     c = [single.generate([conv])[0] for conv in conversations]
     assert [g.text for g in a] == [g.text for g in b] == [g.text for g in c]
     assert [g.new_tokens for g in a] == [g.new_tokens for g in c] and all(g.new_tokens > 0 for g in a)
+
+
+def test_generator_loads_in_the_configured_precision(tiny_llama, tmp_path):
+    import pydantic
+    import pytest
+    import torch
+
+    from tasks.config import GeneratorSettings
+    from tasks.generate import Generator, base_messages
+    from tasks.models import load_generator
+
+    model, tokenizer = load_generator(str(tiny_llama), tmp_path, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert load_generator(str(tiny_llama), tmp_path)[0].dtype == torch.float32  # each precision loaded once, apart
+    assert Generator(model, tokenizer, max_new_tokens=4).generate([base_messages("Hi?")])[0].new_tokens > 0
+    with pytest.raises(pydantic.ValidationError):
+        GeneratorSettings(dtype="float16")
