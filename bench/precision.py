@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import DATA, RESULTS, bench_home, write_results  # noqa: E402
+from bench.common import DATA, bench_home, write_results  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 

@@ -24,14 +24,13 @@ from prefect.cache_policies import NO_CACHE
 from data_contracts.evaluation import ArmResult, EvalRun, GateResult, QuestionRecord
 from tasks import arena
 from tasks.config import Settings, load_settings
-from tasks.calibrate import Calibration, calibration_key, choose_threshold, draft_labels, load_calibration, save_calibration
-from tasks.evalset import EvalSet, EvalSetError, load_canary, load_eval_set
+from tasks.calibrate import Calibration, calibrate_grounding
+from tasks.evalset import EvalSet, load_canary, load_eval_set
 from tasks.gate import decide
 from tasks.metrics import ScoringRules
 from tasks.progress import progress_bar
 from tasks.registry import Registry
-from tasks.ground import DEFAULT_WEIGHTS
-from tasks.models import generator_fingerprint, load_embedder_for
+from tasks.models import load_embedder_for
 from tasks.resources import make_answerer, open_retriever, search_filters
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -47,47 +46,8 @@ def eval_set(settings: Settings, path: str | None, limit: int | None) -> EvalSet
 
 @task(name="calibrate-grounding", **_TASK)
 def grounding_calibration(settings: Settings, ev: EvalSet, table: str | None, table_version: int | None) -> Calibration:
-    """The grounding threshold for this run, fitted on the base generator's drafts to the calibration split.
-
-    The base generator drafts for every retrieval arm: the adapters were trained on the same split,
-    so their drafts there would look better than on unseen questions. A stored calibration is reused
-    while the generator, the retrieval and generation settings, the rows and the index are unchanged.
-    """
-    e = settings.evaluation
-    default = settings.retrieval.min_support
-    if not e.calibrate_grounding:
-        return Calibration.default_kept(default, e.calibration_wrong_cost, "evaluation.calibrate_grounding is off")
-    if e.calibration_split == ev.split:
-        reason = f"calibration split {e.calibration_split!r} is the evaluated split: name a held-out split"
-        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
-    try:
-        rows = load_eval_set(ev.path, e.calibration_split, e.calibration_limit, strict=True)
-    except EvalSetError:
-        reason = f"no rows with split {e.calibration_split!r} in {ev.path}"
-        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
-    generator = generator_fingerprint(settings.generator.model, settings.models_dir)
-    key = calibration_key({
-        "generator": generator, "generation": settings.generator.model_dump(mode="json"),
-        "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
-        "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash, "table": table_version,
-        "wrong_cost": e.calibration_wrong_cost, "default": default,
-    })
-    stored = load_calibration(settings.calibration_file, key)
-    if stored is not None:
-        return stored
-    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0)  # withhold nothing: every draft is judged
-    with progress_bar(f"{'calibration':>16}", len(rows.rows), unit="q") as advance:
-        run = arena.run_arm(arena.ArmSpec("calibration", "rag", True), rows.rows, answerer, search_filters(settings),
-                            settings.generator.batch_size, on_batch=advance)
-    supports, right = draft_labels(run.results, ScoringRules(k=settings.retrieval.k))
-    calibration = choose_threshold(supports, right, e.calibration_wrong_cost, default)
-    return save_calibration(calibration, settings.calibration_file, key, generator)
-
-
-def with_support_threshold(settings: Settings, threshold: float) -> Settings:
-    """Settings whose answerers and metrics all use `threshold` (and nothing else) as the grounding threshold."""
-    retrieval = settings.retrieval.model_copy(update={"min_support": threshold, "calibrated_support": False})
-    return settings.model_copy(update={"retrieval": retrieval})
+    """The grounding threshold for this run (tasks/calibrate.py), reused while its inputs are unchanged."""
+    return calibrate_grounding(settings, ev, table, table_version)
 
 
 @task(name="answer-arm", **_TASK)
@@ -224,7 +184,7 @@ def evaluate(
     needs_index = any(s.retrieval for s in specs)
     chunks = open_retriever(settings, table).table if needs_index else None
     calibration = grounding_calibration(settings, ev, table, arena.table_version(chunks)) if needs_index else None
-    settings = with_support_threshold(settings, calibration.threshold if calibration else settings.retrieval.min_support)
+    settings = settings.with_support_threshold(calibration.threshold if calibration else settings.retrieval.min_support)
 
     runs = [answer_arm(spec, ev.rows, settings, table) for spec in specs]
     canary = {

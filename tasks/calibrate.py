@@ -29,9 +29,13 @@ import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tasks.metrics import QuestionResult, ScoringRules, is_correct
+
+if TYPE_CHECKING:
+    from tasks.config import Settings
+    from tasks.evalset import EvalSet
 
 ABOVE_ALL = 1.0 + 1e-9  # a threshold no support reaches: abstain on every draft
 
@@ -208,3 +212,53 @@ def save_calibration(calibration: Calibration, path: Path, key: str, generator: 
     tmp.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
     os.replace(tmp, path)
     return calibration
+
+
+def calibrate_grounding(
+    settings: "Settings",
+    evaluated: "EvalSet",
+    table: str | None,
+    table_version: int | None,
+) -> Calibration:
+    """The grounding threshold for an evaluation of `evaluated`: fitted on the base generator's drafts
+    to the `evaluation.calibration_split` rows of the same file, or the default with the reason.
+
+    The base generator drafts for every retrieval arm: the adapters were trained on that split, so
+    their drafts there would look better than on unseen questions. A stored calibration is reused
+    while the generator, the retrieval and generation settings, the rows and the index are unchanged.
+    """
+    from tasks.arena import ArmSpec, run_arm
+    from tasks.evalset import EvalSetError, load_eval_set
+    from tasks.ground import DEFAULT_WEIGHTS
+    from tasks.models import generator_fingerprint
+    from tasks.progress import progress_bar
+    from tasks.resources import make_answerer, search_filters
+
+    e, default = settings.evaluation, settings.retrieval.min_support
+    if not e.calibrate_grounding:
+        return Calibration.default_kept(default, e.calibration_wrong_cost, "evaluation.calibrate_grounding is off")
+    if e.calibration_split == evaluated.split:
+        reason = f"calibration split {e.calibration_split!r} is the evaluated split: name a held-out split"
+        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
+    try:
+        rows = load_eval_set(evaluated.path, e.calibration_split, e.calibration_limit, strict=True)
+    except EvalSetError:
+        reason = f"no rows with split {e.calibration_split!r} in {evaluated.path}"
+        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
+    generator = generator_fingerprint(settings.generator.model, settings.models_dir)
+    key = calibration_key({
+        "generator": generator, "generation": settings.generator.model_dump(mode="json"),
+        "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
+        "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash, "table": table_version,
+        "wrong_cost": e.calibration_wrong_cost, "default": default,
+    })  # fmt: skip
+    stored = load_calibration(settings.calibration_file, key)
+    if stored is not None:
+        return stored
+    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0)  # withhold nothing: every draft is judged
+    with progress_bar(f"{'calibration':>16}", len(rows.rows), unit="q") as advance:
+        run = run_arm(ArmSpec("calibration", "rag", True), rows.rows, answerer, search_filters(settings),
+                      settings.generator.batch_size, on_batch=advance)  # fmt: skip
+    supports, right = draft_labels(run.results, ScoringRules(k=settings.retrieval.k))
+    calibration = choose_threshold(supports, right, e.calibration_wrong_cost, default)
+    return save_calibration(calibration, settings.calibration_file, key, generator)

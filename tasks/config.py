@@ -284,6 +284,11 @@ class Settings(BaseSettings):
     def calibration_file(self) -> Path:
         return self.home / "calibration" / "grounding.json"
 
+    def with_support_threshold(self, threshold: float) -> "Settings":
+        """Settings whose answerers and metrics all use `threshold` (and nothing else) as the grounding threshold."""
+        retrieval = self.retrieval.model_copy(update={"min_support": threshold, "calibrated_support": False})
+        return self.model_copy(update={"retrieval": retrieval})
+
     def with_ingest(
         self, table: str | None = None, include: list[str] | None = None, exclude: list[str] | None = None
     ) -> "Settings":

@@ -77,3 +77,42 @@ def test_a_stored_calibration_is_reused_only_for_the_same_key(tmp_path):
     assert load_calibration(path, calibration_key({"generator": "g", "rows": "abd"})) is None
     path.write_text("{not json")
     assert load_calibration(path, key) is None
+
+
+def test_calibration_needs_a_held_out_split_and_says_so(home, tmp_path):
+    import json
+
+    from tasks.calibrate import calibrate_grounding
+    from tasks.config import load_settings
+    from tasks.evalset import load_eval_set
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text("\n".join(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "answers": ["x"], "split": "test"})
+                              for i in range(3)) + "\n")
+    evaluated = load_eval_set(path, "test")
+    settings = load_settings()
+    no_rows = calibrate_grounding(settings, evaluated, None, None)
+    assert not no_rows.calibrated and no_rows.threshold == settings.retrieval.min_support and "no rows with split 'train'" in no_rows.reason
+    same = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(update={"calibration_split": "test"})})
+    assert "is the evaluated split" in calibrate_grounding(same, evaluated, None, None).reason
+    off = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(update={"calibrate_grounding": False})})
+    assert "off" in calibrate_grounding(off, evaluated, None, None).reason
+    assert not settings.calibration_file.exists()  # nothing was drafted, nothing stored
+
+
+def test_answers_use_the_stored_threshold_of_the_same_generator_only(home):
+    from tasks.config import load_settings
+    from tasks.models import generator_fingerprint
+    from tasks.resources import support_threshold
+
+    settings = load_settings()
+    assert support_threshold(settings) == settings.retrieval.min_support  # nothing calibrated yet
+    c = choose_threshold([0.1, 0.9] * 15, [False, True] * 15, wrong_cost=1.0, default=0.95)  # keeps none: 0.9 wins
+    assert c.calibrated and c.threshold == 0.9
+    me = generator_fingerprint(settings.generator.model, settings.models_dir)
+    save_calibration(c, settings.calibration_file, "k", generator=me)
+    assert support_threshold(settings) == c.threshold
+    assert support_threshold(settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"calibrated_support": False})})) == 0.61
+    save_calibration(c, settings.calibration_file, "k", generator="another generator")
+    assert support_threshold(settings) == settings.retrieval.min_support
+    assert settings.with_support_threshold(0.4).retrieval.min_support == 0.4
