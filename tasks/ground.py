@@ -307,12 +307,12 @@ class LexicalSemanticScorer:
 
     def _vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         missing = [t for t in texts if t not in self._cache]
-        if missing:
-            for text, vector in zip(missing, self.embedder.embed(missing)):
-                self._cache[text] = vector
-            while len(self._cache) > self.cache_size:
-                self._cache.pop(next(iter(self._cache)))  # oldest first (dicts keep insertion order)
-        return {t: self._cache[t] for t in texts}
+        found = dict(zip(missing, self.embedder.embed(missing))) if missing else {}
+        found.update((t, self._cache[t]) for t in texts if t not in found)
+        self._cache.update((t, found[t]) for t in missing)
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))  # oldest first (dicts keep insertion order)
+        return found
 
     def _judge(self, p: "_Prepared", vectors: dict[str, np.ndarray]) -> list[SentenceSupport]:
         owner = np.array([j for j, w in enumerate(p.windows) for _ in w], dtype=np.int64)

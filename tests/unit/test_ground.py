@@ -226,3 +226,6 @@ def test_scoring_a_batch_equals_scoring_one_by_one_and_embeds_each_text_once(tok
     # The same sources again: their sentences come from the cache, only the new claim is embedded.
     batch_scorer.score_many([("Taxi receipts are optional.", [POLICY, HOTLINE])])
     assert embedder.calls[1:] == [1] and first > 1
+    # A batch with more texts than the cache holds is still scored whole.
+    tiny = LexicalSemanticScorer(HashEmbedder(tokenizer, dimension=64), cache_size=2)
+    assert tiny.score_many(items) == one_by_one and len(tiny._cache) == 2
