@@ -183,7 +183,12 @@ class Answerer:
         checked = [i for i, d in enumerate(drafts) if not _withheld_by_model(d)]
         start = time.perf_counter()
         items = [(drafts[i], [s.text for s in pending[i].sources]) for i in checked]
-        scored = self.scorer.score_many(items) if self.scorer and items else [[] for _ in items]
+        if self.scorer is None or not items:
+            scored: list[list[SentenceSupport]] = [[] for _ in items]
+        elif hasattr(self.scorer, "score_many"):
+            scored = self.scorer.score_many(items)
+        else:  # a stand-in scorer with `score` only
+            scored = [self.scorer.score(answer, sources) for answer, sources in items]
         each = (time.perf_counter() - start) / max(1, len(checked))
         out: list[list[SentenceSupport]] = [[] for _ in drafts]
         for i, supports in zip(checked, scored):

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from tasks.config import Settings
     from tasks.evalset import EvalSet
 
-ABOVE_ALL = 1.0 + 1e-9  # a threshold no support reaches: abstain on every draft
+# Just above the highest support seen: withhold every judged draft. Only offered while that stays
+# <= 1.0, the largest threshold the answerer takes (drafts with nothing checkable score 1.0 and pass any).
+ABOVE = 1e-9
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Calibration:
     at_threshold: dict[str, int] = field(default_factory=dict)
     key: str = ""
     generator: str = ""  # fingerprint of the generator whose drafts it was chosen on
+    scope: dict[str, Any] = field(default_factory=dict)  # what else `ask` must share to use it (`answer_scope`)
     created_at: str = ""
 
     @classmethod
@@ -105,9 +108,14 @@ def utility(supports: Sequence[float], right: Sequence[bool], threshold: float, 
 
 
 def best_threshold(supports: Sequence[float], right: Sequence[bool], wrong_cost: float) -> float:
-    """The support value (or "abstain on all") where keeping answers pays most; ties go higher."""
-    candidates = sorted(set(supports) | {ABOVE_ALL})
-    return max(candidates, key=lambda t: (utility(supports, right, t, wrong_cost), t))
+    """The support value (or just above the highest: withhold all) where keeping answers pays most; ties go higher.
+
+    Every candidate is a threshold the answerer can use as it is (<= 1.0).
+    """
+    candidates = set(supports)
+    if supports and max(supports) + ABOVE <= 1.0:
+        candidates.add(max(supports) + ABOVE)
+    return max(sorted(candidates), key=lambda t: (utility(supports, right, t, wrong_cost), t))
 
 
 def held_out_wins(
@@ -147,7 +155,7 @@ def choose_threshold(
         reason = f"all {len(supports)} drafts were {'right' if n_wrong == 0 else 'wrong'}: nothing to separate"
     if reason is not None:
         return Calibration(threshold=default, calibrated=False, reason=reason, at_threshold=base["at_default"], **base)  # type: ignore[arg-type]
-    fitted = min(best_threshold(supports, right, wrong_cost), 1.0)  # "abstain on all" is stored as 1.0
+    fitted = best_threshold(supports, right, wrong_cost)
     wins = held_out_wins(supports, right, wrong_cost, default)
     gain = f"right - {wrong_cost:g} x wrong kept: {utility(supports, right, fitted, wrong_cost):+g} at {fitted:.3f}, " \
            f"{utility(supports, right, default, wrong_cost):+g} at the default"
@@ -198,14 +206,25 @@ def load_calibration(path: Path, key: str) -> Calibration | None:
     return found if found is not None and found.key == key else None
 
 
-def calibrated_threshold(path: Path, generator: str) -> float | None:
-    """The threshold the last evaluation chose for this generator, for answering outside evaluations."""
+def answer_scope(settings: "Settings", table: str | None = None) -> dict[str, Any]:
+    """What answers outside an evaluation must share with it to use its threshold: the index, the
+    embedder, the grounding default and the generation settings."""
+    return {"table": table or settings.store.table, "embedder": settings.embedder.model,
+            "default": settings.retrieval.min_support, "generation": settings.generator.model_dump(mode="json")}
+
+
+def calibrated_threshold(path: Path, generator: str, scope: dict[str, Any]) -> float | None:
+    """The threshold the last evaluation chose for this generator and scope, for answering outside evaluations."""
     found = read_calibration(path)
-    return found.threshold if found is not None and found.calibrated and found.generator == generator else None
+    if found is None or not found.calibrated or found.generator != generator or found.scope != scope:
+        return None
+    return found.threshold
 
 
-def save_calibration(calibration: Calibration, path: Path, key: str, generator: str = "") -> Calibration:
-    calibration.key, calibration.generator = key, generator
+def save_calibration(
+    calibration: Calibration, path: Path, key: str, generator: str = "", scope: dict[str, Any] | None = None
+) -> Calibration:
+    calibration.key, calibration.generator, calibration.scope = key, generator, dict(scope or {})
     calibration.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -245,11 +264,16 @@ def calibrate_grounding(
     except EvalSetError:
         reason = f"no rows with split {e.calibration_split!r} in {evaluated.path}"
         return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
+    shared = {r["id"] for r in rows.rows} & {r["id"] for r in evaluated.rows}
+    if shared:  # e.g. evaluation.split = null evaluates every row, the calibration rows included
+        reason = f"{len(shared)} calibration rows are also evaluated (e.g. {sorted(shared)[0]!r}): evaluate a split without them"
+        return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
     generator = generator_fingerprint(settings.generator.model, settings.models_dir)
     key = calibration_key({
         "generator": generator, "generation": settings.generator.model_dump(mode="json"),
         "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
-        "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash, "table": table_version,
+        "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash,
+        "table": table or settings.store.table, "table_version": table_version,
         "wrong_cost": e.calibration_wrong_cost, "default": default,
     })  # fmt: skip
     stored = load_calibration(settings.calibration_file, key)
@@ -261,4 +285,4 @@ def calibrate_grounding(
                       settings.generator.batch_size, on_batch=advance)  # fmt: skip
     supports, right = draft_labels(run.results, ScoringRules(k=settings.retrieval.k))
     calibration = choose_threshold(supports, right, e.calibration_wrong_cost, default)
-    return save_calibration(calibration, settings.calibration_file, key, generator)
+    return save_calibration(calibration, settings.calibration_file, key, generator, scope=answer_scope(settings, table))

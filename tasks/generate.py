@@ -7,6 +7,7 @@ says instructions inside sources must be ignored. Generation is greedy (determin
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -212,7 +213,7 @@ class Generator:
         enc = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
         groups = prefill_groups([len(r) for r in rows], self.prefill_tokens)
         extra: dict[str, Any] = {}
-        if len(groups) > 1 and min(len(r) for r in rows) > 1:
+        if len(groups) > 1 and min(len(r) for r in rows) > 1 and self._caches_merge:
             extra["cache"] = self._prefill(rows, groups, enc["input_ids"].shape[1])
         with torch.inference_mode():
             generated = self.model.generate(
@@ -224,6 +225,18 @@ class Generator:
                 eos_token_id=self.tokenizer.eos_token_id,
             )
         return generated[:, enc["input_ids"].shape[1] :].tolist()
+
+    @functools.cached_property
+    def _caches_merge(self) -> bool:
+        """Whether per-group caches can be merged: full-attention layers only (a sliding-window layer
+        keeps fewer keys than tokens), and no cache implementation fixed by the model's generation config."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if getattr(getattr(self.model, "generation_config", None), "cache_implementation", None):
+            return False
+        layers = DynamicCache(config=self.model.config).layers
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def _prefill(self, rows: list[list[int]], groups: list[list[int]], width: int) -> Any:
         """One key/value cache for all but the last token of every row, left-padded to `width - 1`.

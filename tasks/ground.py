@@ -244,11 +244,11 @@ class SentenceSupport:
 
 
 class GroundingScorer(Protocol):
+    """A scorer may also offer `score_many(items)` (a list of `score` results for (answer, sources)
+    pairs) to judge a batch at once; the answerer uses it when present."""
+
     def score(self, answer: str, sources: Sequence[str]) -> list[SentenceSupport]:
         """One `SentenceSupport` per sentence of `answer`, judged against `sources`."""
-
-    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[SentenceSupport]]:
-        """`score` for each (answer, sources) pair, in order."""
 
 
 class LexicalSemanticScorer:
@@ -307,7 +307,8 @@ class LexicalSemanticScorer:
 
     def _vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         missing = [t for t in texts if t not in self._cache]
-        found = dict(zip(missing, self.embedder.embed(missing))) if missing else {}
+        # Copies: a cached row must not keep its whole batch's array alive.
+        found = {t: v.copy() for t, v in zip(missing, self.embedder.embed(missing))} if missing else {}
         found.update((t, self._cache[t]) for t in texts if t not in found)
         self._cache.update((t, found[t]) for t in missing)
         while len(self._cache) > self.cache_size:

@@ -39,14 +39,15 @@ def search_filters(
     )
 
 
-def support_threshold(settings: Settings) -> float:
-    """The grounding threshold answers are held to: the calibrated one for this generator when enabled and
-    present (`tasks/calibrate.py`), else `retrieval.min_support`."""
-    from tasks.calibrate import calibrated_threshold
+def support_threshold(settings: Settings, table: str | None = None) -> float:
+    """The grounding threshold answers are held to: the one the last evaluation calibrated for this
+    generator, index and settings when enabled and present (`tasks/calibrate.py`), else `retrieval.min_support`."""
+    from tasks.calibrate import answer_scope, calibrated_threshold
     from tasks.models import generator_fingerprint
 
     if settings.retrieval.calibrated_support:
-        found = calibrated_threshold(settings.calibration_file, generator_fingerprint(settings.generator.model, settings.models_dir))
+        generator = generator_fingerprint(settings.generator.model, settings.models_dir)
+        found = calibrated_threshold(settings.calibration_file, generator, answer_scope(settings, table))
         if found is not None:
             return found
     return settings.retrieval.min_support
@@ -81,6 +82,6 @@ def make_answerer(
         k=r.k,
         context_tokens=g.context_tokens,
         min_dense=r.min_dense,
-        min_support=support_threshold(settings) if min_support is None else min_support,
+        min_support=support_threshold(settings, table) if min_support is None else min_support,
         rewrite_queries=r.rewrite_queries,
     )

@@ -18,9 +18,18 @@ def test_threshold_maximises_right_minus_cost_times_wrong_kept():
     assert choose_threshold(supports, right, wrong_cost=0.5, default=0.95).threshold == 0.3
     # Wrong answers so costly that nothing is worth keeping: abstain on every draft.
     mostly_wrong = choose_threshold([0.5, 0.6, 0.7] * 10, [False, True, False] * 10, wrong_cost=5.0, default=0.5)
-    assert mostly_wrong.threshold == 1.0 and mostly_wrong.at_threshold["kept"] == 0
+    assert 0.7 < mostly_wrong.threshold <= 1.0 and mostly_wrong.at_threshold["kept"] == 0
     assert c.held_out_wins is not None and c.held_out_wins >= 0.8
     assert held_out_wins(supports, right, 1.0, default=0.95) == c.held_out_wins  # seeded: the same every time
+
+
+def test_the_threshold_is_one_the_answerer_can_use_and_is_reported_as_used():
+    # Drafts with nothing checkable score 1.0 and pass any threshold <= 1.0: "withhold all" is not on offer.
+    supports = [1.0] * 10 + [0.3] * 20
+    right = [False] * 10 + [True] * 5 + [False] * 15
+    c = choose_threshold(supports, right, wrong_cost=1.0, default=0.2)
+    assert c.calibrated and c.threshold == 1.0
+    assert c.at_threshold == kept(supports, right, c.threshold) == {"kept": 10, "right_kept": 0, "wrong_kept": 10}
 
 
 def test_the_default_stays_when_there_is_too_little_or_nothing_to_separate():
@@ -95,12 +104,18 @@ def test_calibration_needs_a_held_out_split_and_says_so(home, tmp_path):
     assert not no_rows.calibrated and no_rows.threshold == settings.retrieval.min_support and "no rows with split 'train'" in no_rows.reason
     same = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(update={"calibration_split": "test"})})
     assert "is the evaluated split" in calibrate_grounding(same, evaluated, None, None).reason
+    # evaluation.split = null evaluates every row, the calibration rows too
+    path.write_text(path.read_text() + json.dumps({"id": "t1", "question": "Train?", "answers": ["x"], "split": "train"}) + "\n")
+    everything = load_eval_set(path, None)
+    leak = calibrate_grounding(settings, everything, None, None)
+    assert not leak.calibrated and "also evaluated" in leak.reason and "'t1'" in leak.reason
     off = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(update={"calibrate_grounding": False})})
     assert "off" in calibrate_grounding(off, evaluated, None, None).reason
     assert not settings.calibration_file.exists()  # nothing was drafted, nothing stored
 
 
 def test_answers_use_the_stored_threshold_of_the_same_generator_only(home):
+    from tasks.calibrate import answer_scope
     from tasks.config import load_settings
     from tasks.models import generator_fingerprint
     from tasks.resources import support_threshold
@@ -110,9 +125,12 @@ def test_answers_use_the_stored_threshold_of_the_same_generator_only(home):
     c = choose_threshold([0.1, 0.9] * 15, [False, True] * 15, wrong_cost=1.0, default=0.95)  # keeps none: 0.9 wins
     assert c.calibrated and c.threshold == 0.9
     me = generator_fingerprint(settings.generator.model, settings.models_dir)
-    save_calibration(c, settings.calibration_file, "k", generator=me)
+    save_calibration(c, settings.calibration_file, "k", generator=me, scope=answer_scope(settings))
     assert support_threshold(settings) == c.threshold
+    assert support_threshold(settings, table="other") == settings.retrieval.min_support  # another index
+    explicit = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"min_support": 0.5})})
+    assert support_threshold(explicit) == 0.5  # a changed default is not overridden by an older calibration
     assert support_threshold(settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"calibrated_support": False})})) == 0.61
-    save_calibration(c, settings.calibration_file, "k", generator="another generator")
+    save_calibration(c, settings.calibration_file, "k", generator="another generator", scope=answer_scope(settings))
     assert support_threshold(settings) == settings.retrieval.min_support
     assert settings.with_support_threshold(0.4).retrieval.min_support == 0.4

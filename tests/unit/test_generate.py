@@ -151,3 +151,45 @@ def test_generator_loads_in_the_configured_precision(tiny_llama, tmp_path):
     assert Generator(model, tokenizer, max_new_tokens=4).generate([base_messages("Hi?")])[0].new_tokens > 0
     with pytest.raises(pydantic.ValidationError):
         GeneratorSettings(dtype="float16")
+
+
+def test_split_prefill_with_padded_groups_and_a_lora_adapter_matches_one_padded_prefill(tiny_llama):
+    """Groups of several left-padded rows merged with single rows, through a peft-wrapped model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.generate import Generator, base_messages, prefill_groups
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    questions = ["Hi?", "Yes?", "What is two plus two?", "Why is the sky blue on a clear summer afternoon?",
+                 "Name a colour that is neither red nor blue, please, and say why you chose it today."]
+    conversations = [base_messages(q) for q in questions]
+    probe = Generator(model, tokenizer)
+    lengths = sorted(len(tokenizer(probe.prompt(c), add_special_tokens=False)["input_ids"]) for c in conversations)
+    budget = 2 * lengths[1]  # the two shortest prefill together (padded), the rest alone
+    groups = prefill_groups(lengths, budget)
+    assert len(groups[0]) == 2 and len(groups) > 2
+    split = Generator(model, tokenizer, max_new_tokens=6, batch_size=5, prefill_tokens=budget).generate(conversations)
+    whole = Generator(model, tokenizer, max_new_tokens=6, batch_size=5, prefill_tokens=10**6).generate(conversations)
+    assert [g.text for g in split] == [g.text for g in whole]
+    assert [g.new_tokens for g in split] == [g.new_tokens for g in whole]
+
+
+def test_sliding_window_models_keep_the_padded_prefill(tiny_llama):
+    """A sliding-window layer keeps fewer keys than tokens, so its caches are not merged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from tasks.generate import Generator, base_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=2, sliding_window=8)
+    model = MistralForCausalLM(config).eval()
+    g = Generator(model, tokenizer, max_new_tokens=3, batch_size=2, prefill_tokens=1)
+    assert g._caches_merge is False
+    assert len(g.generate([base_messages("Hi?"), base_messages("What is two plus two?")])) == 2
+    assert Generator(AutoModelForCausalLM.from_pretrained(tiny_llama), tokenizer)._caches_merge is True
