@@ -61,8 +61,10 @@ def _answerer(settings, arm: str, adapter: Path):
 
 
 def measure(settings, arm: str, rows: list[dict], batch: int, adapter: Path, prefill_tokens: int | None = None) -> dict:
+    """Throughput of one arm at one batch size after a warm-up batch, its answers, and accuracy on the answerable."""
     from tasks.arena import ArmSpec, run_arm
     from tasks.generate import PREFILL_TOKENS
+    from tasks.metrics import ScoringRules, is_correct
     from tasks.resources import search_filters
 
     retrieval = ARMS[arm][0]
@@ -74,11 +76,13 @@ def measure(settings, arm: str, rows: list[dict], batch: int, adapter: Path, pre
     started = time.perf_counter()
     run = run_arm(spec, rows, answerer, search_filters(settings), batch)
     wall = time.perf_counter() - started
+    answerable = [r for r in run.results if r.answerable]
     return {
         "questions": len(rows),
         "wall_s": round(wall, 2),
         "questions_per_min": round(60 * len(rows) / wall, 2),
         "cpu_s_per_question": round(sum(r.cpu_seconds or 0 for r in run.results) / len(rows), 3),
+        "accuracy": round(sum(is_correct(r, ScoringRules()) for r in answerable) / max(1, len(answerable)), 3),
         "answers": [a.draft or a.answer for a in run.answers],
     }
 

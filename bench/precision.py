@@ -3,7 +3,7 @@
     .venv/bin/python bench/precision.py [--questions 24] [--batch 16] [--threads 2]
 
 Each arm answers the same test-split questions of demo/eval.jsonl (the arena's home, ingested as in
-bench/arena.py) at one batch size, once per precision: questions per minute, the share of answers
+bench/arena.py, measured by its `measure`) at one batch size, once per precision: questions per minute, the share of answers
 that are identical, and accuracy on the answerable questions (`tasks.metrics.is_correct`), so the
 speed is weighed against what it does to the answers. Results: bench/results/precision-latest.{json,md}.
 """
@@ -23,28 +23,6 @@ sys.path.insert(0, str(REPO))
 from bench.common import DATA, bench_home, write_results  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
-
-
-def run(settings, arm: str, rows: list[dict], batch: int, adapter: Path) -> dict:
-    from bench.arena import ARMS
-    from tasks.arena import ArmSpec, run_arm
-    from tasks.metrics import ScoringRules, is_correct
-    from tasks.resources import make_answerer, search_filters
-
-    retrieval, with_adapter = ARMS[arm]
-    answerer = make_answerer(settings, None, retrieval=retrieval, adapter=adapter if with_adapter else None)
-    answerer.generator.batch_size = batch
-    spec = ArmSpec(arm, arm, retrieval)
-    run_arm(spec, rows[:batch], answerer, search_filters(settings), batch)  # warm-up
-    started = time.perf_counter()
-    result = run_arm(spec, rows, answerer, search_filters(settings), batch)
-    wall = time.perf_counter() - started
-    answerable = [r for r in result.results if r.answerable]
-    return {
-        "questions_per_min": round(60 * len(rows) / wall, 2),
-        "accuracy": round(sum(is_correct(r, ScoringRules()) for r in answerable) / max(1, len(answerable)), 3),
-        "answers": [a.draft or a.answer for a in result.answers],
-    }
 
 
 def markdown(result: dict) -> str:
@@ -74,7 +52,7 @@ def main() -> None:
     home = bench_home(DATA / "home-arena", args.threads)
     from prefect.testing.utilities import prefect_test_harness
 
-    from bench.arena import fresh_adapter
+    from bench.arena import fresh_adapter, measure
     from flows.ingest import ingest
     from tasks.config import load_settings
 
@@ -90,7 +68,8 @@ def main() -> None:
         per = {}
         for dtype in DTYPES:
             os.environ["RAGTUNE_GENERATOR__DTYPE"] = dtype
-            per[dtype] = run(load_settings(), arm, rows, args.batch, adapter)
+            got = measure(load_settings(), arm, rows, args.batch, adapter)
+            per[dtype] = {k: got[k] for k in ("questions_per_min", "accuracy", "answers")}
         same = sum(a == b for a, b in zip(per["float32"].pop("answers"), per["bfloat16"].pop("answers"))) / len(rows)
         speedup = per["bfloat16"]["questions_per_min"] / per["float32"]["questions_per_min"]
         result["arms"][arm] = {**per, "speedup": round(speedup, 2), "same_answers": round(same, 3)}

@@ -65,15 +65,18 @@ class Calibration:
     created_at: str = ""
 
     @classmethod
-    def default_kept(cls, default: float, wrong_cost: float, reason: str) -> "Calibration":
-        """No calibration was possible: the default threshold, and why."""
+    def default_kept(cls, default: float, wrong_cost: float, reason: str, **measured: Any) -> "Calibration":
+        """The default threshold and why; `measured`: what was seen of the drafts, if any."""
+        counts = {"drafts": 0, "right": 0, "wrong": 0, "auroc": None, **measured}
         return cls(threshold=default, default=default, calibrated=False, reason=reason, wrong_cost=wrong_cost,
-                   drafts=0, right=0, wrong=0, auroc=None)
+                   at_threshold=dict(counts.get("at_default", {})), **counts)
 
     def summary(self) -> str:
         if not self.calibrated:
-            seen = f" on {self.drafts} drafts ({self.right} right, {self.wrong} wrong" + (
-                f", AUROC {self.auroc:.2f})" if self.auroc is not None else ")") if self.drafts else ""
+            seen = ""
+            if self.drafts:
+                auroc = f", AUROC {self.auroc:.2f}" if self.auroc is not None else ""
+                seen = f" on {self.drafts} drafts ({self.right} right, {self.wrong} wrong{auroc})"
             return f"grounding threshold {self.threshold:.3f}: default kept{seen}: {self.reason}"
         d, t = self.at_default, self.at_threshold
         return (
@@ -110,12 +113,21 @@ def utility(supports: Sequence[float], right: Sequence[bool], threshold: float, 
 def best_threshold(supports: Sequence[float], right: Sequence[bool], wrong_cost: float) -> float:
     """The support value (or just above the highest: withhold all) where keeping answers pays most; ties go higher.
 
-    Every candidate is a threshold the answerer can use as it is (<= 1.0).
+    Every candidate is a threshold the answerer can use as it is (<= 1.0). One sweep from the highest
+    support down, so the held-out check's 200 fits stay cheap on large calibration sets.
     """
-    candidates = set(supports)
+    best, best_gain = None, 0.0
     if supports and max(supports) + ABOVE <= 1.0:
-        candidates.add(max(supports) + ABOVE)
-    return max(sorted(candidates), key=lambda t: (utility(supports, right, t, wrong_cost), t))
+        best = max(supports) + ABOVE  # keep nothing: utility 0
+    gain = 0.0
+    pairs = sorted(zip(supports, right), reverse=True)
+    for i, (support, is_right) in enumerate(pairs):
+        gain += 1.0 if is_right else -wrong_cost
+        if i + 1 < len(pairs) and pairs[i + 1][0] == support:
+            continue  # a threshold keeps every draft with this support
+        if best is None or gain > best_gain:
+            best, best_gain = support, gain
+    return 0.0 if best is None else best
 
 
 def held_out_wins(
@@ -146,15 +158,14 @@ def choose_threshold(
     """The utility-maximising threshold when it generalises, else the default (see the module docstring)."""
     n_right = sum(right)
     n_wrong = len(right) - n_right
-    base = dict(default=default, wrong_cost=wrong_cost, drafts=len(supports), right=n_right, wrong=n_wrong,
-                auroc=auroc(supports, right), at_default=kept(supports, right, default))
-    reason = None
+    measured: dict[str, Any] = dict(drafts=len(supports), right=n_right, wrong=n_wrong, auroc=auroc(supports, right),
+                                    at_default=kept(supports, right, default))
     if len(supports) < min_drafts:
         reason = f"only {len(supports)} drafts to calibrate on (at least {min_drafts} needed)"
-    elif n_right == 0 or n_wrong == 0:
+        return Calibration.default_kept(default, wrong_cost, reason, **measured)
+    if n_right == 0 or n_wrong == 0:
         reason = f"all {len(supports)} drafts were {'right' if n_wrong == 0 else 'wrong'}: nothing to separate"
-    if reason is not None:
-        return Calibration(threshold=default, calibrated=False, reason=reason, at_threshold=base["at_default"], **base)  # type: ignore[arg-type]
+        return Calibration.default_kept(default, wrong_cost, reason, **measured)
     fitted = best_threshold(supports, right, wrong_cost)
     wins = held_out_wins(supports, right, wrong_cost, default)
     gain = f"right - {wrong_cost:g} x wrong kept: {utility(supports, right, fitted, wrong_cost):+g} at {fitted:.3f}, " \
@@ -162,11 +173,11 @@ def choose_threshold(
     if wins < adopt_share:
         reason = (f"the fitted threshold {fitted:.3f} does not generalise: fitted on half the drafts it beat the default "
                   f"on the other half in {wins:.0%} of splits (needs {adopt_share:.0%}); {gain}")
-        return Calibration(threshold=default, calibrated=False, reason=reason, at_threshold=base["at_default"],
-                           fitted=fitted, held_out_wins=wins, **base)  # type: ignore[arg-type]
+        return Calibration.default_kept(default, wrong_cost, reason, fitted=fitted, held_out_wins=wins, **measured)
     return Calibration(
-        threshold=float(fitted), calibrated=True, reason=f"{gain}; beat the default on held-out halves in {wins:.0%} of splits",
-        at_threshold=kept(supports, right, fitted), fitted=fitted, held_out_wins=wins, **base,  # type: ignore[arg-type]
+        threshold=float(fitted), default=default, calibrated=True, wrong_cost=wrong_cost,
+        reason=f"{gain}; beat the default on held-out halves in {wins:.0%} of splits",
+        at_threshold=kept(supports, right, fitted), fitted=fitted, held_out_wins=wins, **measured,
     )
 
 

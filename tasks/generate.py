@@ -138,8 +138,9 @@ class Generation:
 # Rows are prefilled together while rows x longest prompt stays within this many tokens. One prompt
 # of this length already keeps both cores busy (prefill is compute-bound), and prefilling it alone
 # runs causal attention without a padding mask: on 8 retrieval prompts of ~1,100 tokens a padded
-# batched prefill took 19.9 s against 14.8 s one by one (bench/results/arena-latest.md). Decoding, which
-# is memory-bound, is where batching pays: 8 rows decode in about the time of one.
+# batched prefill took 19.9 s against 14.8 s one by one (profiled once; bench/arena.py measures the
+# effect on throughput). Decoding, which is memory-bound, is where batching pays: 8 rows decode in
+# about the time of one.
 PREFILL_TOKENS = 1024
 
 
@@ -247,7 +248,7 @@ class Generator:
         import torch
         from transformers import DynamicCache, StaticCache
 
-        per_layer: list[tuple[list[Any], list[Any]]] = []
+        caches = []  # (left padding to add, the group's cache), in row order
         with torch.inference_mode():
             for group in groups:
                 enc = self.tokenizer.pad({"input_ids": [rows[i][:-1] for i in group]}, return_tensors="pt")
@@ -261,13 +262,11 @@ class Generator:
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                pad = width - 1 - enc["input_ids"].shape[1]
-                for layer_index, layer in enumerate(cache.layers):
-                    if layer_index == len(per_layer):
-                        per_layer.append(([], []))
-                    per_layer[layer_index][0].append(torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)))
-                    per_layer[layer_index][1].append(torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
+                caches.append((width - 1 - enc["input_ids"].shape[1], cache))
         merged = StaticCache(config=self.model.config, max_cache_len=width + self.max_new_tokens)
-        for layer_index, (keys, values) in enumerate(per_layer):
-            merged.update(torch.cat(keys), torch.cat(values), layer_index)
+        pad = torch.nn.functional.pad
+        for index in range(len(caches[0][1].layers)):
+            keys = torch.cat([pad(c.layers[index].keys, (0, 0, n, 0)) for n, c in caches])
+            values = torch.cat([pad(c.layers[index].values, (0, 0, n, 0)) for n, c in caches])
+            merged.update(keys, values, index)
         return merged

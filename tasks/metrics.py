@@ -382,10 +382,9 @@ def question_scores(
                 v["semantic_similarity"] = semantic_similarity(*vectors[i])
         if not r.abstained and r.sentences > 0:
             v["groundedness"] = r.sentences_supported / r.sentences
-        drafted = (0, 0) if r.abstained else (r.sentences_supported, r.sentences)
-        drafted = (drafted[0] + r.withheld_supported, drafted[1] + r.withheld_sentences)
-        if drafted[1] > 0:
-            v["draft_groundedness"] = drafted[0] / drafted[1]
+        judged = r.withheld_sentences + (0 if r.abstained else r.sentences)  # the draft is the answer when shown
+        if judged > 0:
+            v["draft_groundedness"] = (r.withheld_supported + (0 if r.abstained else r.sentences_supported)) / judged
         v["hallucination_rate"] = float(is_hallucination(r, rules))
         v["abstention_rate"] = float(r.abstained)
         if r.abstained:

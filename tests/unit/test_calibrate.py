@@ -134,3 +134,18 @@ def test_answers_use_the_stored_threshold_of_the_same_generator_only(home):
     save_calibration(c, settings.calibration_file, "k", generator="another generator", scope=answer_scope(settings))
     assert support_threshold(settings) == settings.retrieval.min_support
     assert settings.with_support_threshold(0.4).retrieval.min_support == 0.4
+
+
+def test_the_sweep_finds_the_same_threshold_as_trying_every_candidate():
+    import random
+
+    from tasks.calibrate import ABOVE, best_threshold, utility
+
+    rng = random.Random(0)
+    for _ in range(300):
+        supports = [rng.choice([round(rng.random(), 1), 1.0]) for _ in range(rng.randint(1, 25))]
+        right = [rng.random() < 0.4 for _ in supports]
+        cost = rng.choice([0.5, 1.0, 2.0])
+        candidates = set(supports) | ({max(supports) + ABOVE} if max(supports) + ABOVE <= 1.0 else set())
+        brute = max(sorted(candidates), key=lambda t: (utility(supports, right, t, cost), t))
+        assert best_threshold(supports, right, cost) == brute
