@@ -117,7 +117,7 @@ def status(
 
     settings = load_settings(config)
     name = table or settings.store.table
-    store = ChunkStore(settings.lancedb_dir, name)
+    store = ChunkStore(settings.store_uri, name, storage_options=settings.store_options())
     info = store.status()
     last = latest_manifest(settings.runs_dir, name)
     info["home"] = str(settings.home.resolve())
@@ -311,6 +311,31 @@ def train(
         _fail(f"training failed ({type(e).__name__}: {e}); the registry is unchanged, rerun to resume from the last checkpoint",
               as_json=as_json)
     _emit(as_json, result, retrain_markdown(result))
+
+
+@app.command()
+def nightly(
+    source: Path = typer.Argument(Path("demo/corpus"), help="Directory of documents to ingest incrementally."),
+    force_train: bool = typer.Option(False, "--force-train", help="Train even when nothing changed since the newest adapter."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap on optimizer steps."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated arms (default: evaluation.arms)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N questions."),
+    table: Optional[str] = typer.Option(None, "--table"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The nightly chain in this process: ingest → retrain when needed → evaluate → gate → report (runs `nightly`)."""
+    _prepare_env()
+    from flows.nightly import NightlyStepFailed, nightly as nightly_flow, summary_markdown
+
+    try:
+        result = nightly_flow(
+            source=str(source), force_train=force_train, max_steps=max_steps, arms=arms.split(",") if arms else None,
+            limit=limit, table=table, config_file=str(config) if config else None, step_mode="in-process",
+        )  # fmt: skip
+    except NightlyStepFailed as e:
+        _fail(str(e), as_json=as_json)
+    _emit(as_json, result, summary_markdown(result["steps"]))
 
 
 adapters_app = typer.Typer(no_args_is_help=True, help="The adapter registry: list, show, promote, roll back.")

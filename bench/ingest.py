@@ -182,7 +182,7 @@ def embedded_texts(source: Path, embedder: Any, settings: Settings) -> list[str]
         for result in steps.parsed_documents(group, embedder, settings):
             for h, chunk in zip(steps.embed_hashes(embedder, result.chunks), result.chunks):
                 texts.setdefault(h, chunk.embed_text)
-    table = ChunkStore(settings.lancedb_dir, settings.store.table).chunks
+    table = ChunkStore(settings.store_uri, settings.store.table, storage_options=settings.store_options()).chunks
     stored = set(table.to_arrow().column("embed_hash").to_pylist())
     if stored != set(texts):
         raise RuntimeError(

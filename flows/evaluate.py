@@ -22,7 +22,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_contracts.evaluation import ArmResult, EvalRun, GateResult, QuestionRecord
-from tasks import arena
+from flows.events import emit, events_markdown
+from tasks import arena, events
 from tasks.config import Settings, load_settings
 from tasks.calibrate import Calibration, calibrate_grounding
 from tasks.evalset import EvalSet, load_canary, load_eval_set
@@ -216,14 +217,18 @@ def evaluate(
     if gate is not None and gate.applied:
         apply_verdict(gate, registry, run_id)
     summary = summary_markdown(result, files)
-    create_markdown_artifact(key="evaluation", markdown=summary, description=f"arena on {ev.path} ({len(ev.rows)} questions)")
+    primary = settings.evaluation.primary
+    news = [events.evaluation_completed(result, primary, str(files.html)),
+            events.evaluation_regressed(result, events.previous_run([h for h, _ in history], result), primary, str(files.html))]
+    create_markdown_artifact(key="evaluation", markdown=summary + events_markdown([e for e in news if e]),
+                             description=f"arena on {ev.path} ({len(ev.rows)} questions)")
     create_table_artifact(
         key="arena-metrics",
         table=[{"arm": a.name, **{k: v.value for k, v in a.metrics.items() if not k.startswith("latency_p")}} for a in result.arms],
         description="metric values per arm (intervals in the report)",
     )
     return {"run_id": run_id, "report": str(files.html), "markdown": str(files.markdown), "summary": summary,
-            "gate": gate.model_dump() if gate else None, "notes": notes}
+            "gate": gate.model_dump() if gate else None, "notes": notes, "events": [e.name for e in emit(news)]}
 
 
 def write_run(result: EvalRun, records: list[QuestionRecord], out_dir: Path, history: list[tuple[EvalRun, Path]]) -> Any:

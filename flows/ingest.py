@@ -16,10 +16,12 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from data_contracts.manifest import IngestManifest, QuarantinedFile
 from data_contracts.suites import chunk_suite, document_suite
+from flows import runners
 from tasks import ingest as steps
 from tasks.config import Settings, load_settings
 from tasks.models import load_embedder_for
@@ -52,6 +54,19 @@ def plan_changes(files: list[SourceFile], ledger: dict[str, dict[str, Any]], pip
 @task(name="parse-and-chunk", **_TASK)
 def parse_and_chunk(group: list[tuple[SourceFile, str]], embedder: Any, settings: Settings, advance: Any) -> list[steps.DocumentResult]:
     return steps.parsed_documents(group, embedder, settings, on_progress=advance)
+
+
+@task(name="parse-and-chunk-on-worker", **_TASK)
+def parse_and_chunk_on_worker(group: list[tuple[SourceFile, str]], settings: Settings) -> list[steps.DocumentResult]:
+    """On an engine worker: files in, chunks out; the embedder's tokenizer is loaded once per worker."""
+    return steps.parsed_documents(group, load_embedder_for(settings), settings)
+
+
+@task(name="embed-batch-on-worker", retries=1, retry_delay_seconds=2, **_TASK)
+def embed_batch_on_worker(texts: list[str], settings: Settings) -> Any:
+    """On an engine worker: texts in, vectors out; the model is loaded once per worker and kept.
+    Only the flow writes them (spool, then the commit), so the store keeps one writer."""
+    return load_embedder_for(settings).embed(texts)
 
 
 @task(name="embed-chunks", retries=1, retry_delay_seconds=2, **_TASK)
@@ -119,7 +134,7 @@ def ingest(
     )
     timer = steps.Timer()
     try:
-        with writer_lock(settings.locks_dir, settings.store.table):
+        with writer_lock(settings.locks_dir, settings.store.table, uri=settings.store_uri, storage_options=settings.store_options(), lease_ttl_s=settings.store.lease_ttl_s):
             _run(root, settings, force, manifest, timer)
         if strict and manifest.quarantine:
             raise IngestFailed(
@@ -138,6 +153,12 @@ def ingest(
             markdown=ingest_markdown(manifest, path),
             description=f"ingest of {source_root} into {settings.store.table}",
         )
+    # After the manifest is written: the event says what this run changed (tasks/events.py).
+    from flows.events import emit
+    from tasks import events
+
+    before = events.previous_chunk_total(settings.runs_dir, manifest.table, manifest.run_id)
+    emit([events.ingest_completed(manifest, before, settings.events.retrain_changed_share)])
     return manifest.model_dump(mode="json")
 
 
@@ -145,7 +166,7 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
     source_root, counts = str(root), manifest.counts
     with timer("load_models"):
         embedder = load_embedder_for(settings)
-        store = ChunkStore(settings.lancedb_dir, settings.store.table)
+        store = ChunkStore(settings.store_uri, settings.store.table, storage_options=settings.store_options())
         store.check_dimension(embedder.dimension)
     pipeline = steps.pipeline_fingerprint(settings, embedder.fingerprint, embedder.max_tokens)
     manifest.pipeline, manifest.embedder = pipeline, embedder.fingerprint
@@ -161,17 +182,28 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
     counts.deleted = len(todo.deleted)
     manifest.quarantine += [QuarantinedFile(doc_id=s.doc_id, reason=s.reason, detail=s.detail) for s in skipped + todo.unreadable]
 
-    results: list[steps.DocumentResult] = []
-    with timer("parse_chunk"), progress_bar("parsing", len(todo.to_parse), unit="files") as advance:
-        for start in range(0, len(todo.to_parse), PARSE_GROUP):
-            results += parse_and_chunk(todo.to_parse[start : start + PARSE_GROUP], embedder, settings, advance)
-    good = [r for r in results if r.ok]
-    steps.tally(results, previous, manifest)
+    # `thread`: the tasks run here, as they always did. dask/ray: parsing and embedding fan out to the
+    # engine's workers, started only when there is something to parse, torn down after embedding.
+    with runners.engine(settings, needed=bool(todo.to_parse)) as engine:
+        results: list[steps.DocumentResult] = []
+        with timer("parse_chunk"), progress_bar("parsing", len(todo.to_parse), unit="files") as advance:
+            if engine is None:
+                for start in range(0, len(todo.to_parse), PARSE_GROUP):
+                    results += parse_and_chunk(todo.to_parse[start : start + PARSE_GROUP], embedder, settings, advance)
+            else:
+                results = _parsed_on(engine, todo.to_parse, settings, advance)
+        good = [r for r in results if r.ok]
+        steps.tally(results, previous, manifest)
 
-    with timer("embed"):
-        vectors = steps.stored_vectors([c for r in good for c in r.chunks], embedder, store)
-        counts.chunks_reused = vectors.reused
-        counts.chunks_embedded = embed_chunks(vectors, embedder, store, settings) if vectors.todo else 0
+        with timer("embed"):
+            vectors = steps.stored_vectors([c for r in good for c in r.chunks], embedder, store)
+            counts.chunks_reused = vectors.reused
+            if not vectors.todo:
+                counts.chunks_embedded = 0
+            elif engine is None:
+                counts.chunks_embedded = embed_chunks(vectors, embedder, store, settings)
+            else:
+                counts.chunks_embedded = _embedded_on(engine, vectors, store, settings)
 
     with timer("validate"):
         chunks = steps.chunk_rows(good, vectors, embedder, source_root, pipeline, settings.ingest.access_groups)
@@ -193,3 +225,37 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
     table = store.chunks
     manifest.chunk_table_version = table.version if table is not None else None
     counts.chunks_total = table.count_rows() if table is not None else 0
+
+
+def _parsed_on(engine: Any, files: list[tuple[SourceFile, str]], settings: Settings, advance: Any) -> list[steps.DocumentResult]:
+    """Parse-and-chunk groups fanned out on `engine`, results in input order."""
+    workers = runners.worker_settings(settings)
+    # Enough groups to keep every worker busy, each still big enough to amortise its sandbox start.
+    size = max(8, min(PARSE_GROUP, -(-len(files) // (4 * settings.orchestration.workers))))
+    futures = [engine.submit(parse_and_chunk_on_worker, {"group": files[i : i + size], "settings": workers}) for i in range(0, len(files), size)]
+    results: list[steps.DocumentResult] = []
+    for future in futures:
+        part = future.result()
+        results += part
+        advance(len(part))
+    return results
+
+
+def _embedded_on(engine: Any, vectors: steps.Vectors, store: ChunkStore, settings: Settings) -> int:
+    """Embed `vectors.todo` on `engine`'s workers; the flow spools each batch as it returns, so a
+    crashed run still resumes from the spool and the flow stays the store's only writer."""
+    workers = runners.worker_settings(settings)
+    # Several batches per worker so none idles at the end; whole model batches, at most the in-flow size.
+    model_batch = settings.embedder.batch_size
+    per_worker = -(-len(vectors.todo) // (2 * settings.orchestration.workers))
+    parts = steps.embedding_batches(vectors, min(4 * model_batch, model_batch * -(-per_worker // model_batch)))
+    futures = {}
+    for part in parts:
+        future = engine.submit(embed_batch_on_worker, {"texts": [vectors.todo[h] for h in part], "settings": workers})
+        futures[future.task_run_id] = (future, part)
+    with progress_bar("embedding", len(vectors.todo), unit="chunks") as advance:
+        for future in as_completed([f for f, _ in futures.values()]):
+            part = futures[future.task_run_id][1]
+            steps.keep_vectors(vectors, store, part, future.result())
+            advance(len(part))
+    return sum(len(p) for p in parts)

@@ -19,7 +19,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.dataset import build_dataset
+from flows.events import emit, events_markdown
 from tasks import dataset as datasets
+from tasks import events
 from tasks import retrain as steps
 from tasks.config import Settings, load_settings
 from tasks.progress import progress_bar
@@ -65,5 +67,8 @@ def retrain(
     result: dict[str, Any] = {"trained": decision.train, "reason": decision.reason, "dataset": built, "adapter": None}
     if decision.train:
         result["adapter"] = train_adapter(registry, settings, dataset, decision.key, max_steps)
-    create_markdown_artifact(key="retrain", markdown=retrain_markdown(result), description="retraining decision and result")
+    event = events.training_finished(result)
+    create_markdown_artifact(key="retrain", markdown=retrain_markdown(result) + events_markdown([event]),
+                             description="retraining decision and result")
+    emit([event])
     return result

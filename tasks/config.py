@@ -9,6 +9,7 @@ Environments differ by config only: nothing in the logic branches on where it ru
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -122,11 +123,24 @@ class IngestSettings(BaseModel):
 
 class StoreSettings(BaseModel):
     table: str = Field("chunks", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    uri: str | None = Field(
+        None,
+        description="Where the LanceDB tables live: a directory, or an object-store URI (s3://bucket/prefix, gs://..., az://...). "
+        "Default: <home>/lancedb.",
+    )
+    storage_options: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Object-store options passed to LanceDB (aws_endpoint, aws_region, aws_access_key_id, ...); "
+        "values are secrets and never logged. Set them with RAGTUNE_STORE__STORAGE_OPTIONS='{...}'.",
+    )
     ann_min_rows: int = Field(
         50_000, ge=256, description="Below this many rows search is exact (flat); above it an IVF_PQ index is built."
     )
     ann_min_recall: float = Field(0.90, ge=0, le=1, description="recall@10 vs flat search an ANN index must reach.")
     keep_versions_days: float = Field(7.0, ge=0, description="Older table versions are cleaned up after this.")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Object stores: a writer lease not renewed for this long (by the waiter's clock) is stale."
+    )
 
 
 class DatasetSettings(BaseModel):
@@ -216,6 +230,40 @@ class EvaluationSettings(BaseModel):
     )
 
 
+class OrchestrationSettings(BaseModel):
+    """How flows fan their tasks out (`infra/README.md`)."""
+
+    task_runner: str = Field(
+        "thread",
+        description="thread (default), dask (a local Dask cluster), dask://HOST:PORT (an existing one), ray (local) or ray://HOST:PORT.",
+    )
+    workers: int = Field(2, ge=1, le=256, description="Workers of a local Dask cluster / CPUs of a local Ray.")
+
+    @field_validator("task_runner")
+    @classmethod
+    def _known_runner(cls, v: str) -> str:
+        if v in ("thread", "dask", "ray") or re.fullmatch(r"(dask|tcp|ray)://[^\s/:]+:\d+", v):
+            return v
+        raise ValueError(f"orchestration.task_runner {v!r}: use thread, dask, dask://HOST:PORT, ray or ray://HOST:PORT")
+
+
+class EventSettings(BaseModel):
+    """Prefect events the flows emit and the automations `make serve` applies (`deployments/automations.py`)."""
+
+    retrain_changed_share: float = Field(
+        0.1, ge=0, le=1,
+        description="An ingest that changes more than this share of chunks is labelled ragtune.retrain-suggested=true "
+        "(the retrain-on-change automation matches on it).",
+    )
+    retrain_deployment: str = Field("retrain/retrain-demo", description="Deployment the retrain-on-change automation runs.")
+    notify_block: str | None = Field(
+        None, description="Notification block for regressions, as <block-type-slug>/<name> (e.g. custom-webhook/ragtune-notify)."
+    )
+    notify_url: SecretStr | None = Field(
+        None, description="Webhook URL: apply_automations saves it as the custom-webhook block `ragtune-notify` when notify_block is unset."
+    )
+
+
 class Settings(BaseSettings):
     """All of ragtune's configuration; one instance per run."""
 
@@ -235,6 +283,8 @@ class Settings(BaseSettings):
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -255,6 +305,15 @@ class Settings(BaseSettings):
     @property
     def lancedb_dir(self) -> Path:
         return self.home / "lancedb"
+
+    @property
+    def store_uri(self) -> str:
+        """Where the LanceDB tables live: `store.uri` (a directory or s3://, gs://, az:// URI) or <home>/lancedb."""
+        return self.store.uri or str(self.lancedb_dir)
+
+    def store_options(self) -> dict[str, str]:
+        """The object-store options with their secret values revealed: hand them to LanceDB/boto3 only, never log them."""
+        return {k: v.get_secret_value() for k, v in self.store.storage_options.items()}
 
     @property
     def models_dir(self) -> Path:

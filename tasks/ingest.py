@@ -138,17 +138,26 @@ def embed_missing(
     Each batch is spooled to the store before the next, so a crash loses at most one batch and
     the rerun resumes where this one stopped.
     """
+    parts = embedding_batches(vectors, batch_size)
+    for part in parts:
+        keep_vectors(vectors, store, part, embed_in_batches(embedder, [vectors.todo[h] for h in part], batch_size=batch_size))
+        if on_progress:
+            on_progress(len(part))
+    return sum(len(p) for p in parts)
+
+
+def embedding_batches(vectors: Vectors, batch_size: int) -> list[list[str]]:
+    """The hashes still to embed, in batches of `batch_size`: the unit that is embedded and spooled."""
     # Longest first, by word pieces: each model batch then holds texts of nearly equal length, so
     # little compute goes to padding (sentence-transformers only sorts by characters within a call).
     keys = sorted(vectors.todo, key=lambda h: -vectors.tokens.get(h, 0))
-    for start in range(0, len(keys), batch_size):
-        part = keys[start : start + batch_size]
-        embedded = embed_in_batches(embedder, [vectors.todo[h] for h in part], batch_size=batch_size)
-        store.spool(part, embedded)
-        vectors.by_hash.update(zip(part, embedded))
-        if on_progress:
-            on_progress(len(part))
-    return len(keys)
+    return [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
+
+
+def keep_vectors(vectors: Vectors, store: ChunkStore, part: Sequence[str], embedded: np.ndarray) -> None:
+    """Spool one embedded batch, then remember its vectors: a crash loses only batches not yet spooled."""
+    store.spool(list(part), embedded)
+    vectors.by_hash.update(zip(part, embedded))
 
 
 def access_groups(doc_id: str, mapping: dict[str, list[str]]) -> list[str]:

@@ -15,10 +15,10 @@ from tasks.store import ChunkStore, StoreError
 def open_retriever(settings: Settings, table: str | None = None) -> Retriever:
     """A retriever over the configured chunk table; fails clearly when nothing was ingested."""
     name = table or settings.store.table
-    store = ChunkStore(settings.lancedb_dir, name)
+    store = ChunkStore(settings.store_uri, name, storage_options=settings.store_options())
     chunks = store.chunks
     if chunks is None:
-        raise StoreError(f"no chunk table {name!r} under {settings.lancedb_dir}: run `ragtune ingest DIR` first")
+        raise StoreError(f"no chunk table {name!r} at {settings.store_uri}: run `ragtune ingest DIR` first")
     embedder = load_embedder_for(settings)
     store.check_dimension(embedder.dimension)
     r = settings.retrieval

@@ -4,7 +4,11 @@ Writes are atomic per table: a run's chunk changes (upserts of changed documents
 their stale and deleted chunks) go in **one** `merge_insert` commit, so a failure before it leaves
 the previous version untouched, and the ledger is written after it. A crash between the two only
 makes the next run re-parse those files; chunk ids are deterministic, so the re-upsert creates no
-duplicates. Keep one writer per table: `writer_lock` serialises runs on the same home.
+duplicates. Keep one writer per table: `writer_lock` serialises runs on the same home with a local
+file lock and, for a table on s3://, across hosts with a lease object (`tasks/locks.py`).
+
+The store may live at an object-store URI (`store.uri`); its storage options hold credentials, so
+they are kept out of `uri`, `status()` and every error message (`_redact`).
 """
 
 from __future__ import annotations
@@ -13,16 +17,17 @@ import fcntl
 import logging
 import math
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from data_contracts.schemas import chunk_schema, document_schema, vector_dimension
+from tasks.locks import LockError, held, is_object_store, lease_for
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +47,45 @@ class StoreError(Exception):
     """The store cannot be used as configured; the message says how to fix it."""
 
 
+def _redact(text: str, storage_options: Mapping[str, str] | None) -> str:
+    """`text` with every storage-option value long enough to be a secret replaced by ***."""
+    for value in (storage_options or {}).values():
+        if value and len(value) >= 4 and value.lower() not in ("true", "false"):
+            text = text.replace(value, "***")
+    return text
+
+
 @contextmanager
-def writer_lock(locks_dir: Path, table: str, wait_s: float = 600.0) -> Iterator[None]:
-    """One writer per table: a second ingest into the same table waits, then fails clearly."""
+def writer_lock(
+    locks_dir: Path,
+    table: str,
+    wait_s: float = 600.0,
+    *,
+    uri: str | None = None,
+    storage_options: Mapping[str, str] | None = None,
+    lease_ttl_s: float = 60.0,
+) -> Iterator[None]:
+    """One writer per table: a second ingest into the same table waits, then fails clearly.
+
+    Always a local file lock under `locks_dir`; when `uri` is an object store, also a lease next to
+    the table that serialises writers on different hosts (`tasks/locks.py` says why it is safe).
+    """
+    with _local_lock(locks_dir, table, wait_s), ExitStack() as stack:
+        if uri is not None and is_object_store(uri):
+            try:
+                stack.enter_context(held(lease_for(uri, table, storage_options or {}, lease_ttl_s), wait_s))
+            except LockError as e:
+                raise StoreError(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - the store is unreachable or refuses: say where, not the secrets
+                raise StoreError(
+                    f"cannot take the writer lease for table {table!r} at {uri}: "
+                    f"{_redact(f'{type(e).__name__}: {e}', storage_options)}; check store.uri and store.storage_options"
+                ) from None
+        yield
+
+
+@contextmanager
+def _local_lock(locks_dir: Path, table: str, wait_s: float) -> Iterator[None]:
     locks_dir.mkdir(parents=True, exist_ok=True)
     with open(locks_dir / f"{table}.lock", "w") as f:
         deadline = time.monotonic() + wait_s
@@ -76,18 +117,26 @@ class IndexReport:
 class ChunkStore:
     """The chunk table `name` and its ledger `name__documents` in the LanceDB at `uri`."""
 
-    def __init__(self, uri: Path | str, name: str):
+    def __init__(self, uri: Path | str, name: str, storage_options: Mapping[str, str] | None = None):
         import lancedb
 
         self.uri = str(uri)
         self.name = name
+        # Revealed secrets: handed to LanceDB only, never part of a message, status or repr.
+        self._storage_options = dict(storage_options or {})
         self.ledger_name = f"{name}__documents"
         # Vectors embedded by a run that has not committed yet: a rerun after a crash reuses them.
         self.spool_name = f"{name}__embedding_spool"
         try:
-            self.db = lancedb.connect(self.uri)
+            self.db = lancedb.connect(self.uri, storage_options=self._storage_options or None)
         except Exception as e:  # noqa: BLE001 - any connection failure is a store error for the user
-            raise StoreError(f"cannot open LanceDB at {self.uri}: {e}") from e
+            raise StoreError(
+                f"cannot open LanceDB at {self.uri}: {_redact(str(e), self._storage_options)}; "
+                "check store.uri and store.storage_options"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"ChunkStore(uri={self.uri!r}, name={self.name!r})"
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -97,8 +97,41 @@ class Api:
         return self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
 
 
+class Webhook:
+    """A local HTTP endpoint that records what the notification automation posts to it."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the stdlib's name
+                received.append(self.rfile.read(int(self.headers.get("content-length", 0))).decode())
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
 @pytest.fixture(scope="session")
-def server_stack():
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="session")
+def server_stack(webhook, tiny_llama):
     """`infra.stack.up` on free ports under a temporary home; `down` and the home removed afterwards."""
     missing = _missing()
     if missing:
@@ -115,8 +148,13 @@ def server_stack():
         scheduler_loop_seconds=5,
         database_url=None,
     )
-    saved = {k: os.environ.get(k) for k in WORKER_ENV}
-    os.environ.update(WORKER_ENV)
+    env = {
+        **WORKER_ENV,
+        "RAGTUNE_EVENTS__NOTIFY_URL": webhook.url,  # the regression automation posts here
+        "RAGTUNE_GENERATOR__MODEL": str(tiny_llama),  # retrain / evaluate runs train and answer with the tiny llama
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     try:
         try:
@@ -124,6 +162,9 @@ def server_stack():
         except Exception:
             _dump_logs(cfg)
             raise
+        # Every first ingest of a table changes all its chunks, so the retrain-on-change automation
+        # starts a retrain for each: the training pool stays paused except in tests that train.
+        Api(cfg.api_url).patch("/work_pools/ragtune-train", {"is_paused": True})
         yield cfg
     finally:
         _dump_logs(cfg)

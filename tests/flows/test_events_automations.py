@@ -1,0 +1,135 @@
+"""Events the flows emit and the automations as code, against the real Prefect test server
+(`prefect_test_harness`: its ephemeral server runs the event persister, the reactive triggers and
+the actions services, so an emitted event really fires an automation here)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events import emit_event
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.events.worker import EventsWorker
+
+from deployments import automations
+from flows.ingest import ingest
+
+DEPLOYMENT = "retrain/retrain-demo"
+
+
+def _wait(check: Any, timeout: float = 60.0, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    return check()
+
+
+def _events(name: str, resource_id: str) -> list[Any]:
+    EventsWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        f = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
+        return client.read_events(filter=f, limit=50).events
+
+
+@pytest.fixture(scope="module")
+def retrain_deployment():
+    """A `retrain/retrain-demo` deployment on the test server (no pool or worker: its runs stay scheduled)."""
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("retrain")
+        deployment_id = client.create_deployment(flow_id=flow_id, name="retrain-demo", entrypoint="flows/retrain.py:retrain",
+                                                 parameters={"force": False, "max_steps": 40})  # fmt: skip
+    yield deployment_id
+    with get_client(sync_client=True) as client:
+        for name in (automations.RETRAIN_ON_CHANGE, automations.NOTIFY_ON_REGRESSION):
+            for a in client.read_automations_by_name(name):
+                client.delete_automation(a.id)
+        client.delete_deployment(deployment_id)
+
+
+def _by_name(name: str) -> list[Any]:
+    with get_client(sync_client=True) as client:
+        return client.read_automations_by_name(name)
+
+
+def test_apply_automations_is_idempotent_and_shaped(retrain_deployment, monkeypatch):
+    monkeypatch.delenv("RAGTUNE_EVENTS__NOTIFY_URL", raising=False)
+    first = automations.apply_automations()
+    assert first == [automations.RETRAIN_ON_CHANGE, automations.NOTIFY_ON_REGRESSION]
+    ids = {n: _by_name(n)[0].id for n in first}
+    assert automations.apply_automations() == first  # re-applied: replaced, not duplicated
+    for name in first:
+        assert [a.id for a in _by_name(name)] == [ids[name]]
+
+    retrain = _by_name(automations.RETRAIN_ON_CHANGE)[0]
+    assert retrain.enabled and retrain.trigger.expect == {"ragtune.ingest.completed"}
+    assert retrain.trigger.match.root == {"prefect.resource.id": "ragtune.table.*", "ragtune.retrain-suggested": "true"}
+    (action,) = retrain.actions
+    assert action.type == "run-deployment" and action.deployment_id == retrain_deployment
+    assert action.parameters["table"]["__prefect_kind"] == "jinja"
+
+    notify = _by_name(automations.NOTIFY_ON_REGRESSION)[0]  # no block configured: visible, but disabled
+    assert not notify.enabled and notify.trigger.expect == {"ragtune.evaluation.regressed"}
+    assert [a.type for a in notify.actions] == ["do-nothing"]
+
+    monkeypatch.setenv("RAGTUNE_EVENTS__NOTIFY_URL", "http://127.0.0.1:9/hook")  # a webhook: saved as a block and used
+    automations.apply_automations()
+    notify = _by_name(automations.NOTIFY_ON_REGRESSION)
+    assert len(notify) == 1 and notify[0].id == ids[automations.NOTIFY_ON_REGRESSION] and notify[0].enabled
+    (send,) = notify[0].actions
+    with get_client(sync_client=True) as client:
+        block = client.read_block_document_by_name(name="ragtune-notify", block_type_slug="custom-webhook")
+    assert send.type == "send-notification" and send.block_document_id == block.id
+    monkeypatch.setenv("RAGTUNE_EVENTS__NOTIFY_BLOCK", "custom-webhook/ragtune-notify")  # named block: same one
+    automations.apply_automations()
+    assert _by_name(automations.NOTIFY_ON_REGRESSION)[0].actions[0].block_document_id == block.id
+    monkeypatch.setenv("RAGTUNE_EVENTS__NOTIFY_BLOCK", "custom-webhook/missing")
+    with pytest.raises(ValueError, match="not found"):
+        automations.apply_automations()
+
+
+def test_a_big_ingest_event_starts_a_retrain_run(retrain_deployment, monkeypatch):
+    monkeypatch.delenv("RAGTUNE_EVENTS__NOTIFY_URL", raising=False)
+    automations.apply_automations()
+    quiet, busy = f"quiet_{uuid.uuid4().hex[:6]}", f"busy_{uuid.uuid4().hex[:6]}"
+    for table, suggested in ((quiet, "false"), (busy, "true")):
+        emit_event(event="ragtune.ingest.completed", payload={"changed_share": 0.5 if suggested == "true" else 0.0},
+                   resource={"prefect.resource.id": f"ragtune.table.{table}", "ragtune.table": table,
+                             "ragtune.retrain-suggested": suggested})  # fmt: skip
+    EventsWorker.drain_all(timeout=10)
+
+    def runs() -> list[Any]:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        with get_client(sync_client=True) as client:
+            return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain_deployment])))
+
+    started = _wait(lambda: [r for r in runs() if r.parameters.get("table") == busy], timeout=90)
+    assert len(started) == 1, "the retrain-on-change automation did not start a retrain run within 90 s"
+    assert started[0].parameters["max_steps"] == 40  # the deployment's own parameters stand
+    time.sleep(2)
+    assert not [r for r in runs() if r.parameters.get("table") == quiet]
+
+
+def test_ingest_emits_its_numbers(home, tmp_path):
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.md").write_text(f"# Doc {i}\n\nParagraph {i} about the travel policy and hotel caps.\n")
+    table = f"evt_{uuid.uuid4().hex[:6]}"
+    first = ingest(source=str(corpus), table=table)
+    second = ingest(source=str(corpus), table=table)  # nothing changed
+    got = _wait(lambda: (lambda e: e if len(e) >= 2 else None)(_events("ragtune.ingest.completed", f"ragtune.table.{table}")), timeout=30)
+    assert got and len(got) == 2
+    by_run = {e.payload["run_id"]: e for e in got}
+    a, b = by_run[first["run_id"]], by_run[second["run_id"]]
+    assert a.resource["ragtune.retrain-suggested"] == "true" and a.payload["changed_share"] == 1.0
+    assert a.payload["counts"]["chunks_total"] == first["counts"]["chunks_total"] > 0
+    assert b.resource["ragtune.retrain-suggested"] == "false" and b.payload["changed_share"] == 0.0
+    assert b.payload["chunks_before"] == first["counts"]["chunks_total"]
+    assert any(r.role == "flow-run" for r in a.related)  # Prefect links it to the ingest flow run
