@@ -8,7 +8,7 @@ export RAGTUNE_HOME ?= .ragtune
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup models demo test test-fast bench clean serve serve-stop
+.PHONY: setup models demo test test-fast bench clean serve serve-stop test-extended
 
 setup: $(STAMP)
 
@@ -37,10 +37,14 @@ demo: models
 	$(BIN)/ragtune eval --config $(DEMO_CONFIG)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not extended"
+
+# Heavier end-to-end checks (the nightly chain on a real server and workers); .ci/run runs them after make test.
+test-extended: setup
+	$(BIN)/python -m pytest -q tests -m extended
 
 test-fast: setup
-	$(BIN)/python -m pytest -q tests -m "not models and not server"
+	$(BIN)/python -m pytest -q tests -m "not models and not server and not extended"
 
 # The stack a team runs (infra/stack.py): PostgreSQL under $(RAGTUNE_HOME)/postgres (or the database at
 # PREFECT_API_DATABASE_CONNECTION_URL), a Prefect server (RAGTUNE_SERVER_PORT, default 4200), the work

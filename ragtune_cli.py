@@ -92,8 +92,12 @@ def ingest(
     except (SourceError, StoreError, ContractViolation, FileNotFoundError) as e:
         _fail(str(e), code=1, as_json=as_json)
     except Exception as e:  # noqa: BLE001 - any other failure: say what and that nothing was lost
+        from tasks.store import redacted
+
         _fail(
-            f"ingest failed ({type(e).__name__}: {e}); the previously committed table is unchanged, "
+            # An object-store error can echo credentials: mask them as the manifest does.
+            f"ingest failed ({type(e).__name__}: {redacted(str(e), load_settings(config).store_options())}); "
+            "the previously committed table is unchanged, "
             "rerun to resume (details in the run manifest under $RAGTUNE_HOME/runs/)",
             code=1,
             as_json=as_json,

@@ -26,6 +26,7 @@ class IngestCounts(BaseModel):
     chunks_written: int = 0  # rows upserted into the chunk table
     chunks_embedded: int = 0  # texts actually sent to the embedder
     chunks_reused: int = 0  # vectors reused by text hash + embedder fingerprint
+    chunks_before: int = 0  # rows in the chunk table before the run wrote (read under the writer lock)
     chunks_total: int = 0  # rows in the chunk table after the run
 
 

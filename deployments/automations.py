@@ -8,7 +8,8 @@
   `retrain/retrain-demo`) on the ingested table.
 - `ragtune-notify-on-regression`: on `ragtune.evaluation.regressed` → send a notification through
   the block `events.notify_block` (`<block-type-slug>/<name>`), or through a custom-webhook block
-  `ragtune-notify` saved from `events.notify_url`. With neither configured the automation is applied
+  `ragtune-notify` saved from `events.notify_url` (the URL kept in the block's `secrets`, its `url` a
+  `{{notify_url}}` placeholder, so the UI and API never show it). With neither configured the automation is applied
   *disabled* with a do-nothing action, so it shows in the UI; configure a block and re-apply.
 
 Applying is idempotent: an automation of the same name is replaced (updated in place), never duplicated.
@@ -33,6 +34,7 @@ from tasks.events import EVALUATION_REGRESSED, INGEST_COMPLETED, RETRAIN_SUGGEST
 RETRAIN_ON_CHANGE = "ragtune-retrain-on-change"
 NOTIFY_ON_REGRESSION = "ragtune-notify-on-regression"
 NOTIFY_BLOCK_NAME = "ragtune-notify"
+NOTIFY_URL_SECRET = "notify_url"  # key in the block's secrets; its `url` is "{{notify_url}}"
 
 NOTIFY_SUBJECT = "ragtune: evaluation {{ event.payload.run_id }} regressed"
 NOTIFY_BODY = (
@@ -75,8 +77,11 @@ def notify_block_id(client: Any, events: EventSettings) -> tuple[Any | None, str
     if events.notify_url is not None:
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
+        # The whole URL is a secret (webhook tokens live in the path or query): the block's `url` is only
+        # a placeholder, filled from its `secrets` (a SecretDict, masked in the UI/API) when it sends.
         block = CustomWebhookNotificationBlock(
-            name=NOTIFY_BLOCK_NAME, url=events.notify_url.get_secret_value(), method="POST",
+            name=NOTIFY_BLOCK_NAME, url="{{" + NOTIFY_URL_SECRET + "}}", method="POST",
+            secrets={NOTIFY_URL_SECRET: events.notify_url.get_secret_value()},
             json_data={"subject": "{{subject}}", "text": "{{body}}"},
         )  # fmt: skip
         return block.save(NOTIFY_BLOCK_NAME, overwrite=True), f"custom-webhook/{NOTIFY_BLOCK_NAME} from events.notify_url"

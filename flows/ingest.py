@@ -22,13 +22,14 @@ from prefect.runtime import flow_run
 from data_contracts.manifest import IngestManifest, QuarantinedFile
 from data_contracts.suites import chunk_suite, document_suite
 from flows import runners
-from tasks import ingest as steps
+from flows.events import emit
+from tasks import events, ingest as steps
 from tasks.config import Settings, load_settings
 from tasks.models import load_embedder_for
 from tasks.progress import progress_bar
 from tasks.report import ingest_markdown, write_manifest
 from tasks.sources import Plan, SourceFile, discover, plan
-from tasks.store import ChunkStore, writer_lock
+from tasks.store import ChunkStore, WriterLock, redacted, writer_lock
 from tasks.validate import require_valid
 
 # Heavy objects (tables, models) pass between these tasks in memory and are never persisted as
@@ -110,6 +111,7 @@ def ingest(
     force: bool = False,
     strict: bool = False,
     config_file: str | None = None,
+    suggest_retrain: bool = True,
 ) -> dict[str, Any]:
     """Ingest the documents under `source` into a LanceDB chunk table, incrementally.
 
@@ -121,6 +123,8 @@ def ingest(
         force: re-process every file even if unchanged (embeddings are still reused).
         strict: fail the run when any file is quarantined.
         config_file: optional TOML settings file.
+        suggest_retrain: label this ingest for the retrain-on-change automation (when enough chunks
+            changed); the nightly chain sets false because it retrains itself.
     """
     settings = load_settings(config_file).with_ingest(table=table, include=include, exclude=exclude)
     root = Path(source).expanduser().resolve()
@@ -134,15 +138,15 @@ def ingest(
     )
     timer = steps.Timer()
     try:
-        with writer_lock(settings.locks_dir, settings.store.table, uri=settings.store_uri, storage_options=settings.store_options(), lease_ttl_s=settings.store.lease_ttl_s):
-            _run(root, settings, force, manifest, timer)
+        with writer_lock(settings.locks_dir, settings.store.table, uri=settings.store_uri, storage_options=settings.store_options(), lease_ttl_s=settings.store.lease_ttl_s) as lock:
+            _run(root, settings, force, manifest, timer, lock)
         if strict and manifest.quarantine:
             raise IngestFailed(
                 f"{len(manifest.quarantine)} file(s) quarantined and --strict is set: "
                 + "; ".join(f"{q.doc_id}: {q.reason}" for q in manifest.quarantine[:5])
             )
     except Exception as e:
-        manifest.status, manifest.error = "failed", f"{type(e).__name__}: {e}"
+        manifest.status, manifest.error = "failed", redacted(f"{type(e).__name__}: {e}", settings.store_options())
         raise
     finally:
         manifest.finished_at = datetime.now(timezone.utc)
@@ -154,20 +158,17 @@ def ingest(
             description=f"ingest of {source_root} into {settings.store.table}",
         )
     # After the manifest is written: the event says what this run changed (tasks/events.py).
-    from flows.events import emit
-    from tasks import events
-
-    before = events.previous_chunk_total(settings.runs_dir, manifest.table, manifest.run_id)
-    emit([events.ingest_completed(manifest, before, settings.events.retrain_changed_share)])
+    emit([events.ingest_completed(manifest, settings.events.retrain_changed_share, suggest_retrain=suggest_retrain)])
     return manifest.model_dump(mode="json")
 
 
-def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, timer: steps.Timer) -> None:
+def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, timer: steps.Timer, lock: WriterLock) -> None:
     source_root, counts = str(root), manifest.counts
     with timer("load_models"):
         embedder = load_embedder_for(settings)
         store = ChunkStore(settings.store_uri, settings.store.table, storage_options=settings.store_options())
         store.check_dimension(embedder.dimension)
+        manifest.counts.chunks_before = store.chunks.count_rows() if store.chunks is not None else 0
     pipeline = steps.pipeline_fingerprint(settings, embedder.fingerprint, embedder.max_tokens)
     manifest.pipeline, manifest.embedder = pipeline, embedder.fingerprint
 
@@ -214,9 +215,12 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
         # Documents whose chunks this run replaces: re-ingested ones and deleted ones. A changed file
         # that is now quarantined is left out, so its last good chunks stay searchable.
         replaced = sorted({r.file.doc_id for r in good} | set(todo.deleted))
+        lock.check()  # a run that lost its writer lease stops here, before writing over the new holder
         manifest.chunk_table_version = write_chunks(store, chunks, source_root, replaced)
+        lock.check()
         manifest.ledger_version = write_ledger(store, documents, source_root, todo.deleted)
         counts.chunks_written = chunks.num_rows
+        lock.check()
         store.clear_spool()
 
     if replaced or store.indexes_missing():

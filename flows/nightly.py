@@ -54,7 +54,8 @@ def chain_steps(
     def given(**kw: Any) -> dict[str, Any]:
         return {k: v for k, v in kw.items() if v is not None}
 
-    ingest_p = given(source=source, table=table, config_file=config_file)
+    # suggest_retrain=False: the chain retrains next itself, so the retrain-on-change automation must not too
+    ingest_p = given(source=source, table=table, config_file=config_file, suggest_retrain=False)
     retrain_p = given(force=force_train, max_steps=max_steps, table=table, config_file=config_file)
     evaluate_p = given(arms=arms, limit=limit, table=table, config_file=config_file)
     return [

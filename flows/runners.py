@@ -74,12 +74,12 @@ def engine(settings: Any, needed: bool = True) -> Iterator[TaskRunner | None]:
     if not needed or not fans_out(settings):
         yield None
         return
-    with _api_for_workers(), task_runner(settings) as runner:
+    with _api_for_workers(remote="://" in settings.orchestration.task_runner), task_runner(settings) as runner:
         yield runner
 
 
 @contextmanager
-def _api_for_workers() -> Iterator[None]:
+def _api_for_workers(remote: bool = False) -> Iterator[None]:
     """Point engine workers at this process's Prefect API. Without PREFECT_API_URL (the CLI's default)
     the flow talks to a temporary server it started; workers would each start their own (~10-20 s
     each, their task runs recorded nowhere). The URL travels in the settings context Prefect
@@ -89,6 +89,11 @@ def _api_for_workers() -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
+    if remote:
+        raise ValueError(
+            "a remote Dask/Ray cluster needs a Prefect server its workers can reach: set PREFECT_API_URL "
+            "(e.g. `make serve` and `source .ragtune/server/env.sh`, with the server listening on an address the workers reach)"
+        )
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # a per-process singleton: the one this flow's client started

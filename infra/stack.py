@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -91,8 +92,15 @@ class StackConfig:
         return self.database_url is None
 
     @property
+    def password_file(self) -> Path:
+        return self.state_dir / "postgres-password"
+
+    @property
     def db_url(self) -> str:
-        return self.database_url or f"postgresql+asyncpg://postgres@127.0.0.1:{self.postgres_port}/prefect"
+        if self.database_url:
+            return self.database_url
+        password = self.password_file.read_text().strip() if self.password_file.is_file() else ""
+        return f"postgresql+asyncpg://postgres:{password}@127.0.0.1:{self.postgres_port}/prefect"
 
 
 @dataclass
@@ -103,6 +111,16 @@ class StackState:
     ui_url: str
     postgres_dir: str | None = None  # set when ragtune's own cluster was started by `up`
     pids: dict[str, int] = field(default_factory=dict)  # process name -> PID (server, worker-<pool>)
+    # process name -> its start time (/proc/<pid>/stat): a PID reused after a reboot is not ours
+    starts: dict[str, str] = field(default_factory=dict)
+
+    def running(self, name: str) -> bool:
+        """Whether the process recorded as `name` is still the one `up` started."""
+        pid = self.pids.get(name)
+        return _alive(pid) and _start_time(pid) == self.starts.get(name)
+
+    def record(self, name: str, pid: int) -> None:
+        self.pids[name], self.starts[name] = pid, _start_time(pid)
 
     @classmethod
     def load(cls, path: Path) -> "StackState | None":
@@ -167,7 +185,22 @@ def ensure_postgres(cfg: StackConfig, log: Any) -> bool:
             shutil.chown(data, "postgres", "postgres")
         data.chmod(0o700)
         log(f"initialising PostgreSQL cluster in {data}")
-        _run(_as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]), "initdb")
+        # TCP logins need a password (any local user can reach 127.0.0.1); the Unix socket lives in the
+        # 0700 data directory, so only its owner reaches it.
+        password = secrets.token_urlsafe(24)
+        cfg.password_file.parent.mkdir(parents=True, exist_ok=True)
+        cfg.password_file.write_text(password + "\n")
+        cfg.password_file.chmod(0o600)
+        pwfile = data.parent / f".pwfile-{os.getpid()}"
+        pwfile.write_text(password + "\n")
+        pwfile.chmod(0o600)
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            _run(_as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+                                    f"--pwfile={pwfile}", "-E", "UTF8"]), "initdb")  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
     status = subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data), "status"]), capture_output=True, text=True)
     started = False
     if status.returncode != 0:
@@ -184,9 +217,10 @@ def ensure_postgres(cfg: StackConfig, log: Any) -> bool:
 def _ensure_database(cfg: StackConfig) -> None:
     psql = postgres_bin("psql")
     base = [psql, "-h", "127.0.0.1", "-p", str(cfg.postgres_port), "-U", "postgres", "-tA"]
-    exists = _run([*base, "-c", "SELECT 1 FROM pg_database WHERE datname = 'prefect'"], "psql").strip()
+    env = {**os.environ, "PGPASSWORD": cfg.password_file.read_text().strip() if cfg.password_file.is_file() else ""}
+    exists = _run([*base, "-c", "SELECT 1 FROM pg_database WHERE datname = 'prefect'"], "psql", env=env).strip()
     if exists != "1":
-        _run([*base, "-c", "CREATE DATABASE prefect"], "create database")
+        _run([*base, "-c", "CREATE DATABASE prefect"], "create database", env=env)
 
 
 def stop_postgres(data: Path) -> None:
@@ -224,6 +258,13 @@ def _alive(pid: int | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def _start_time(pid: int | None) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _spawn(cmd: list[str], env: dict[str, str], log_file: Path) -> int:
@@ -384,16 +425,21 @@ def up(cfg: StackConfig, log: Any = print) -> StackState:
         state.save(record)
 
     server_log = cfg.state_dir / "prefect-server.log"
-    if _alive(state.pids.get("server")) and healthy(cfg.api_url):
+    if state.running("server") and healthy(cfg.api_url):
         log(f"Prefect server already running (pid {state.pids['server']})")
     else:
         if _port_open(cfg.host, cfg.server_port):
             raise StackError(f"port {cfg.server_port} is taken by another process: set RAGTUNE_SERVER_PORT to a free port")
         log(f"starting the Prefect server on {cfg.ui_url} (database {_redact(cfg.db_url)})")
         cmd = [_prefect_cli(), "server", "start", "--host", cfg.host, "--port", str(cfg.server_port), "--ui"]
-        state.pids["server"] = _spawn(cmd, server_env(cfg), server_log)
+        state.record("server", _spawn(cmd, server_env(cfg), server_log))
         state.save(record)
-        _wait_healthy(cfg.api_url, state.pids["server"], server_log, cfg.timeout_s)
+        try:
+            _wait_healthy(cfg.api_url, state.pids["server"], server_log, cfg.timeout_s)
+        except StackError:
+            _stop(state.pids.pop("server"))  # a server that never became healthy is not left behind
+            state.save(record)
+            raise
 
     log("applying work pools: " + ", ".join(f"{p} (limit {l})" if l else p for p, l in POOLS.items()))
     apply_pools(cfg)
@@ -406,10 +452,10 @@ def up(cfg: StackConfig, log: Any = print) -> StackState:
 
     for pool in POOLS:
         key = f"worker-{pool}"
-        if _alive(state.pids.get(key)):
+        if state.running(key):
             continue
         cmd = [_prefect_cli(), "worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}-{socket.gethostname()}"]
-        state.pids[key] = _spawn(cmd, worker_env(cfg), cfg.state_dir / f"{key}.log")
+        state.record(key, _spawn(cmd, worker_env(cfg), cfg.state_dir / f"{key}.log"))
         state.save(record)
         log(f"started worker for {pool} (pid {state.pids[key]})")
 
@@ -426,6 +472,9 @@ def down(cfg: StackConfig, log: Any = print) -> None:
         log(f"nothing recorded in {record}: nothing to stop")
         return
     for name in sorted(state.pids, key=lambda n: n == "server"):  # workers first
+        if not state.running(name):
+            log(f"{name} (pid {state.pids[name]}) is no longer running")
+            continue
         log(f"stopping {name} (pid {state.pids[name]})")
         _stop(state.pids[name])
     if state.postgres_dir:
@@ -441,7 +490,7 @@ def status(cfg: StackConfig) -> dict[str, Any]:
     return {
         "api_url": state.api_url,
         "healthy": healthy(state.api_url),
-        "processes": {n: {"pid": p, "alive": _alive(p)} for n, p in state.pids.items()},
+        "processes": {n: {"pid": p, "alive": state.running(n)} for n, p in state.pids.items()},
         "postgres": state.postgres_dir,
     }
 

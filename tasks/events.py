@@ -6,7 +6,8 @@ needs is computed here and put on the resource as a string label:
 
 - `ragtune.ingest.completed`     resource `ragtune.table.<table>`; label `ragtune.retrain-suggested`
                                  is "true" when the share of chunks changed is above
-                                 `events.retrain_changed_share`.
+                                 `events.retrain_changed_share`, "false" otherwise and when the
+                                 caller retrains itself (`suggest_retrain=False`: the nightly chain).
 - `ragtune.training.completed`   resource `ragtune.adapter.<name>`.
 - `ragtune.training.skipped`     resource `ragtune.dataset.<hash12>`; payload `reason`.
 - `ragtune.evaluation.completed` resource `ragtune.evaluation.<run_id>`; gate decision and the primary
@@ -17,15 +18,14 @@ needs is computed here and put on the resource as a string label:
 Share of chunks changed (ingest): rows the run wrote (chunks of new and re-ingested documents) plus
 rows it removed, over the rows before plus the rows after. 0 = nothing changed, 1 = every row replaced
 (or the table built from empty, or emptied). Rows removed = before + written − after, with "before"
-the chunk count the previous completed ingest of the table left (0 for the first ingest).
+the table's row count the run read under the writer lock before writing (`counts.chunks_before`;
+0 for a new table).
 A re-ingested document rewrites all of its chunks, even when one paragraph changed.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from data_contracts.evaluation import ArmResult, Estimate, EvalRun
@@ -57,20 +57,6 @@ class RagtuneEvent:
 # --- ingest ---------------------------------------------------------------------------------------
 
 
-def previous_chunk_total(runs_dir: Path, table: str, run_id: str) -> int:
-    """Rows in `table` after the newest completed ingest before `run_id` (0 when there is none)."""
-    for path in sorted(Path(runs_dir).glob("ingest-*.json"), reverse=True):
-        if path.stem.removeprefix("ingest-") >= run_id:
-            continue
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if m.get("table") == table and m.get("status") == "completed":
-            return int(m.get("counts", {}).get("chunks_total", 0))
-    return 0
-
-
 def changed_share(before: int, written: int, after: int) -> tuple[int, float]:
     """(rows removed, share of rows changed) as defined in the module docstring."""
     removed = max(0, before + written - after)
@@ -78,10 +64,14 @@ def changed_share(before: int, written: int, after: int) -> tuple[int, float]:
     return removed, (0.0 if denominator == 0 else min(1.0, (written + removed) / denominator))
 
 
-def ingest_completed(manifest: IngestManifest, chunks_before: int, retrain_share: float) -> RagtuneEvent:
+def ingest_completed(manifest: IngestManifest, retrain_share: float, suggest_retrain: bool = True) -> RagtuneEvent:
+    """The run's event; `suggest_retrain=False` (a caller that retrains itself) keeps the label "false"."""
     c = manifest.counts
-    removed, share = changed_share(chunks_before, c.chunks_written, c.chunks_total)
-    suggested = share > retrain_share
+    removed, share = changed_share(c.chunks_before, c.chunks_written, c.chunks_total)
+    above = share > retrain_share
+    suggested = above and suggest_retrain
+    why = (f"changed_share {share:.4f} {'>' if above else '<='} retrain_changed_share {retrain_share}"
+           + ("" if suggest_retrain else "; not suggested: the caller retrains itself (suggest_retrain=false, e.g. the nightly chain)"))  # fmt: skip
     return RagtuneEvent(
         INGEST_COMPLETED,
         {
@@ -94,11 +84,12 @@ def ingest_completed(manifest: IngestManifest, chunks_before: int, retrain_share
         {
             "run_id": manifest.run_id,
             "counts": c.model_dump(),
-            "chunks_before": chunks_before,
+            "chunks_before": c.chunks_before,
             "chunks_removed": removed,
             "changed_share": round(share, 4),
             "retrain_changed_share": retrain_share,
             "retrain_suggested": suggested,
+            "retrain_reason": why,
             "chunk_table_version": manifest.chunk_table_version,
             "quarantined": [q.doc_id for q in manifest.quarantine][:50],
         },

@@ -18,9 +18,17 @@ an `s3://` URI, `S3Lease` keeps a small JSON object `<prefix>/_ragtune_locks/<ta
 - **crash**: the lease simply stops being renewed; the next writer takes over after `ttl` (default
   60 s, `store.lease_ttl_s`).
 
+- **check**: right before each write the flow calls `writer_lock(...)`'s `check()`, which renews the
+  lease synchronously. A holder that lost it (paused, or cut off from S3 for longer than `ttl`: a
+  renewal that has not succeeded for `ttl` counts as lost, it is never assumed to still hold) stops
+  with a `LockError` instead of writing chunks, the ledger, or clearing the spool the new holder uses.
+- **timeouts**: every S3 call of the lease is bounded well under `ttl/3` (connect/read timeouts and
+  one retry), so a hung request cannot outlast the heartbeat; renew and release share a mutex, so a
+  release never races a renewal still in flight, and no renewal runs after the release.
+
 Why it is safe: the lease gives mutual exclusion while holders are alive and can reach the store.
-The one case it cannot cover is a holder paused (or partitioned) longer than `ttl` that then resumes
-writing. Even then the table is not corrupted: Lance commits each version by writing
+The one case it cannot cover is a holder paused (or partitioned) longer than `ttl` between its last
+`check()` and the end of the write it guards. Even then the table is not corrupted: Lance commits each version by writing
 `_versions/<n>.manifest` with a put-if-not-exists, so two commits can never both become version n;
 the loser retries against the new version (conflict resolution) or fails with a commit conflict.
 The worst case is that the paused run's ledger lags, and the next run re-parses those files;
@@ -64,10 +72,23 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def s3_client(storage_options: Mapping[str, str]) -> Any:
+def call_budget(ttl_s: float) -> dict[str, Any]:
+    """Connect/read timeouts and retries of one lease call: at most 2 attempts of 2 timeouts plus a
+    short backoff, i.e. about ttl/5 + 1 s, well under the ttl/3 between heartbeats (60 s ttl: 3 s each)."""
+    timeout = max(0.5, min(5.0, ttl_s / 20))
+    return {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"max_attempts": 1, "mode": "standard"}}
+
+
+def s3_client(storage_options: Mapping[str, str], ttl_s: float = 60.0) -> Any:
     """A boto3 client from LanceDB-style storage options (missing keys fall back to boto3's own chain)."""
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise LockError(
+            "the cross-host writer lease for an s3:// store needs boto3, which is not installed: "
+            "pip install boto3"
+        ) from None
 
     o = {k.lower(): v for k, v in storage_options.items()}
     kwargs: dict[str, Any] = {
@@ -78,7 +99,7 @@ def s3_client(storage_options: Mapping[str, str]) -> Any:
         "aws_session_token": o.get("aws_session_token") or o.get("session_token"),
     }
     kwargs = {k: v for k, v in kwargs.items() if v}
-    return boto3.client("s3", config=Config(retries={"max_attempts": 3}), **kwargs)
+    return boto3.client("s3", config=Config(**call_budget(ttl_s)), **kwargs)
 
 
 def _code(e: Exception) -> str:
@@ -97,6 +118,11 @@ class S3Lease:
     clock: Callable[[], float] = time.monotonic
     etag: str | None = None
     lost: bool = False
+    released: bool = False
+    # When (own clock, taken *before* the request) the lease was last known to be ours: a waiter can
+    # take it over no earlier than `ttl_s` after that.
+    confirmed_at: float | None = None
+    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def _body(self) -> bytes:
         # A fresh token in every body: each write has a new ETag even when nothing else changed.
@@ -122,8 +148,10 @@ class S3Lease:
 
         `seen` carries the waiter's memory between attempts: the ETag last seen and when (own clock).
         """
+        started = self.clock()
         try:
             self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")["ETag"]
+            self.confirmed_at, self.lost, self.released = started, False, False
             return True
         except Exception as e:  # noqa: BLE001
             if _code(e) not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
@@ -139,6 +167,7 @@ class S3Lease:
             return False
         try:
             self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=etag)["ETag"]
+            self.confirmed_at, self.lost, self.released = now, False, False
         except Exception as e:  # noqa: BLE001
             if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409", "NoSuchKey"):
                 return False  # another waiter took it over, or the holder renewed
@@ -147,31 +176,68 @@ class S3Lease:
         return True
 
     def renew(self) -> bool:
-        if self.etag is None or self.lost:
-            return False
-        try:
-            self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag)["ETag"]
-            return True
-        except Exception as e:  # noqa: BLE001
-            if _code(e) in ("PreconditionFailed", "NoSuchKey", "412", "404"):
-                self.lost = True
-                log.error(
-                    "lost the writer lease s3://%s/%s (not renewed within %.0f s): another writer may be active; "
-                    "LanceDB's conditional commits keep the table consistent, the next run re-checks the ledger",
-                    self.bucket, self.key, self.ttl_s,
+        """Rewrite the lease (If-Match its ETag). False once it is lost, released, or could not be
+        confirmed for `ttl_s` (a waiter may have taken it over by then: never assume it is still held);
+        True after a transient failure within the ttl (the heartbeat tries again)."""
+        return self._renew() != "lost"
+
+    def _renew(self) -> str:
+        """"confirmed", "transient" (not confirmed, still within the ttl) or "lost"."""
+        with self._mutex:
+            if self.etag is None or self.lost or self.released:
+                return "lost"
+            started = self.clock()
+            try:
+                self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self.etag)["ETag"]
+                self.confirmed_at = started
+                return "confirmed"
+            except Exception as e:  # noqa: BLE001
+                if _code(e) in ("PreconditionFailed", "NoSuchKey", "412", "404"):
+                    self._mark_lost("another writer took it over")
+                    return "lost"
+                if self.confirmed_at is None or self.clock() - self.confirmed_at >= self.ttl_s:
+                    self._mark_lost(f"not confirmed for {self.ttl_s:.0f} s: {_code(e) or type(e).__name__}")
+                    return "lost"
+                log.warning("could not renew the writer lease s3://%s/%s: %s", self.bucket, self.key, _code(e) or type(e).__name__)
+                return "transient"
+
+    def _mark_lost(self, why: str) -> None:
+        self.lost = True
+        log.error(
+            "lost the writer lease s3://%s/%s (%s): another writer may be active; this run stops before its next write",
+            self.bucket, self.key, why,
+        )
+
+    def check(self, retry_s: float | None = None) -> None:
+        """Confirm the lease right now (a synchronous renewal) or raise `LockError`.
+
+        A transient failure is retried until the lease has gone `ttl_s` unconfirmed; then it counts as lost.
+        """
+        pause = min(1.0, self.ttl_s / 10) if retry_s is None else retry_s
+        while True:
+            outcome = self._renew()
+            if outcome == "confirmed":
+                return
+            if outcome == "lost":
+                raise LockError(
+                    f"this run lost the writer lease s3://{self.bucket}/{self.key} (another writer took it over, "
+                    f"or it could not be renewed within {self.ttl_s:.0f} s); it stopped before writing: "
+                    "the previously committed table is unchanged, rerun when the other run is done"
                 )
-                return False
-            log.warning("could not renew the writer lease s3://%s/%s: %s", self.bucket, self.key, _code(e) or type(e).__name__)
-            return True  # transient: try again at the next heartbeat
+            time.sleep(pause)
 
     def release(self) -> None:
-        if self.etag is None or self.lost:
-            return
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-        except Exception as e:  # noqa: BLE001 - releasing is best effort: an unreleased lease goes stale
-            log.warning("could not release the writer lease s3://%s/%s: %s", self.bucket, self.key, _code(e) or type(e).__name__)
-        self.etag = None
+        # Under the mutex: waits for a renewal in flight (its new ETag is the one to delete), and marks
+        # the lease released so that no later renewal re-creates it.
+        with self._mutex:
+            self.released = True
+            if self.etag is None or self.lost:
+                return
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+            except Exception as e:  # noqa: BLE001 - releasing is best effort: an unreleased lease goes stale
+                log.warning("could not release the writer lease s3://%s/%s: %s", self.bucket, self.key, _code(e) or type(e).__name__)
+            self.etag = None
 
 
 def lease_for(uri: str, table: str, storage_options: Mapping[str, str], ttl_s: float) -> S3Lease:
@@ -184,7 +250,7 @@ def lease_for(uri: str, table: str, storage_options: Mapping[str, str], ttl_s: f
         )
     bucket, prefix = split_s3_uri(uri)
     key = "/".join(p for p in (prefix, LOCKS_PREFIX, f"{table}.lease") if p)
-    return S3Lease(s3_client(storage_options), bucket, key, ttl_s=ttl_s)
+    return S3Lease(s3_client(storage_options, ttl_s), bucket, key, ttl_s=ttl_s)
 
 
 @contextmanager
@@ -202,7 +268,7 @@ def held(lease: S3Lease, wait_s: float, poll_s: float = 1.0) -> Iterator[S3Lease
 
     def heartbeat() -> None:
         while not stop.wait(lease.ttl_s / 3):
-            if not lease.renew():
+            if stop.is_set() or not lease.renew():
                 return
 
     beat = threading.Thread(target=heartbeat, name=f"lease-{lease.key}", daemon=True)

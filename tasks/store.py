@@ -8,7 +8,7 @@ duplicates. Keep one writer per table: `writer_lock` serialises runs on the same
 file lock and, for a table on s3://, across hosts with a lease object (`tasks/locks.py`).
 
 The store may live at an object-store URI (`store.uri`); its storage options hold credentials, so
-they are kept out of `uri`, `status()` and every error message (`_redact`).
+they are kept out of `uri`, `status()` and every error message (`redacted`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_contracts.schemas import chunk_schema, document_schema, vector_dimension
-from tasks.locks import LockError, held, is_object_store, lease_for
+from tasks.locks import LockError, S3Lease, held, is_object_store, lease_for
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,49 @@ class StoreError(Exception):
     """The store cannot be used as configured; the message says how to fix it."""
 
 
-def _redact(text: str, storage_options: Mapping[str, str] | None) -> str:
-    """`text` with every storage-option value long enough to be a secret replaced by ***."""
-    for value in (storage_options or {}).values():
-        if value and len(value) >= 4 and value.lower() not in ("true", "false"):
-            text = text.replace(value, "***")
+_SECRET_KEY_PARTS = ("secret", "key", "token", "password", "credential", "sas")
+
+
+def is_secret_option(name: str) -> bool:
+    """Storage options whose value is a secret (access key ids, keys, tokens, passwords, SAS...)."""
+    return any(part in name.lower() for part in _SECRET_KEY_PARTS)
+
+
+def redacted(text: str, storage_options: Mapping[str, str] | None) -> str:
+    """`text` with the value of every secret-looking storage option replaced by ***, however short.
+
+    Other options (endpoint, region, allow_http...) stay visible: they are what a user has to fix.
+    """
+    secrets = {str(v) for k, v in (storage_options or {}).items() if v and is_secret_option(str(k))}
+    for value in sorted(secrets, key=len, reverse=True):  # longest first: no partial leftovers
+        text = text.replace(value, "***")
     return text
+
+
+_redact = redacted  # the old private name
+
+
+class WriterLock:
+    """What `writer_lock` yields: `check()` right before each write confirms this run still holds it."""
+
+    def __init__(self, lease: S3Lease | None = None, storage_options: Mapping[str, str] | None = None):
+        self.lease = lease
+        self._storage_options = storage_options
+
+    def check(self) -> None:
+        """No-op for a local file lock (held until the block exits); for an object-store lease a
+        synchronous renewal, raising `StoreError` when the lease is lost or cannot be confirmed within its ttl."""
+        if self.lease is None:
+            return
+        try:
+            self.lease.check()
+        except LockError as e:
+            raise StoreError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - never write when the lease cannot be confirmed
+            raise StoreError(
+                f"cannot confirm the writer lease s3://{self.lease.bucket}/{self.lease.key}: "
+                f"{redacted(f'{type(e).__name__}: {e}', self._storage_options)}; this run stopped before writing"
+            ) from None
 
 
 @contextmanager
@@ -64,24 +101,27 @@ def writer_lock(
     uri: str | None = None,
     storage_options: Mapping[str, str] | None = None,
     lease_ttl_s: float = 60.0,
-) -> Iterator[None]:
+) -> Iterator[WriterLock]:
     """One writer per table: a second ingest into the same table waits, then fails clearly.
 
     Always a local file lock under `locks_dir`; when `uri` is an object store, also a lease next to
     the table that serialises writers on different hosts (`tasks/locks.py` says why it is safe).
+    Yields a `WriterLock`: call its `check()` right before each write, so that a run that lost its
+    lease (paused or cut off longer than the ttl) stops instead of writing over the new holder.
     """
     with _local_lock(locks_dir, table, wait_s), ExitStack() as stack:
+        handle = WriterLock()
         if uri is not None and is_object_store(uri):
             try:
-                stack.enter_context(held(lease_for(uri, table, storage_options or {}, lease_ttl_s), wait_s))
+                handle = WriterLock(stack.enter_context(held(lease_for(uri, table, storage_options or {}, lease_ttl_s), wait_s)), storage_options)
             except LockError as e:
                 raise StoreError(str(e)) from None
             except Exception as e:  # noqa: BLE001 - the store is unreachable or refuses: say where, not the secrets
                 raise StoreError(
                     f"cannot take the writer lease for table {table!r} at {uri}: "
-                    f"{_redact(f'{type(e).__name__}: {e}', storage_options)}; check store.uri and store.storage_options"
+                    f"{redacted(f'{type(e).__name__}: {e}', storage_options)}; check store.uri and store.storage_options"
                 ) from None
-        yield
+        yield handle
 
 
 @contextmanager
@@ -131,7 +171,7 @@ class ChunkStore:
             self.db = lancedb.connect(self.uri, storage_options=self._storage_options or None)
         except Exception as e:  # noqa: BLE001 - any connection failure is a store error for the user
             raise StoreError(
-                f"cannot open LanceDB at {self.uri}: {_redact(str(e), self._storage_options)}; "
+                f"cannot open LanceDB at {self.uri}: {redacted(str(e), self._storage_options)}; "
                 "check store.uri and store.storage_options"
             ) from None
 

@@ -4,8 +4,11 @@ the actions services, so an emitted event really fires an automation here)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -93,6 +96,55 @@ def test_apply_automations_is_idempotent_and_shaped(retrain_deployment, monkeypa
         automations.apply_automations()
 
 
+@pytest.fixture
+def webhook():
+    """A local HTTP server standing in for the webhook: records (path, JSON body) of each POST."""
+    got: list[tuple[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            got.append((self.path, json.loads(body or b"null")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", got
+    server.shutdown()
+    server.server_close()
+
+
+def test_notify_url_is_kept_secret_and_still_notifies(retrain_deployment, monkeypatch, webhook):
+    base, got = webhook
+    token = f"s3cret-{uuid.uuid4().hex}"
+    monkeypatch.delenv("RAGTUNE_EVENTS__NOTIFY_BLOCK", raising=False)
+    monkeypatch.setenv("RAGTUNE_EVENTS__NOTIFY_URL", f"{base}/hook/{token}?key={token}")
+    automations.apply_automations()
+    with get_client(sync_client=True) as client:
+        shown = client.read_block_document_by_name(name="ragtune-notify", block_type_slug="custom-webhook", include_secrets=False)
+        stored = client.read_block_document_by_name(name="ragtune-notify", block_type_slug="custom-webhook")
+    assert token not in json.dumps(shown.data, default=str)  # what the UI and API show
+    assert token not in stored.data["url"] and stored.data["url"] == "{{notify_url}}"  # a plain field, even with secrets
+    (notify,) = _by_name(automations.NOTIFY_ON_REGRESSION)
+    assert notify.enabled and notify.actions[0].block_document_id == stored.id
+
+    run_id = f"20260102T{uuid.uuid4().hex[:6]}"
+    emit_event(event="ragtune.evaluation.regressed", resource={"prefect.resource.id": f"ragtune.evaluation.{run_id}"},
+               payload={"run_id": run_id, "previous_run_id": "p", "serving_arm": "hybrid", "adapter": "a1", "eval_path": "/e.jsonl",
+                        "regressions": [{"metric": "f1", "now": {"value": 0.4, "low": 0.35, "high": 0.45}, "previous": {"value": 0.5}}],
+                        "report": "/r.html"})  # fmt: skip
+    EventsWorker.drain_all(timeout=10)
+    sent = _wait(lambda: [g for g in got if run_id in json.dumps(g[1])], timeout=90)
+    assert sent, "the regression notification did not reach the webhook within 90 s"
+    path, body = sent[0]
+    assert path == f"/hook/{token}?key={token}"  # the real URL, filled from the block's secrets
+    assert body["subject"] == f"ragtune: evaluation {run_id} regressed" and "f1: 0.4" in body["text"]
+
+
 def test_a_big_ingest_event_starts_a_retrain_run(retrain_deployment, monkeypatch):
     monkeypatch.delenv("RAGTUNE_EVENTS__NOTIFY_URL", raising=False)
     automations.apply_automations()
@@ -131,5 +183,26 @@ def test_ingest_emits_its_numbers(home, tmp_path):
     assert a.resource["ragtune.retrain-suggested"] == "true" and a.payload["changed_share"] == 1.0
     assert a.payload["counts"]["chunks_total"] == first["counts"]["chunks_total"] > 0
     assert b.resource["ragtune.retrain-suggested"] == "false" and b.payload["changed_share"] == 0.0
-    assert b.payload["chunks_before"] == first["counts"]["chunks_total"]
+    assert b.payload["chunks_before"] == first["counts"]["chunks_total"] == second["counts"]["chunks_before"]
+    assert a.payload["chunks_before"] == 0
     assert any(r.role == "flow-run" for r in a.related)  # Prefect links it to the ingest flow run
+
+
+def test_ingest_event_counts_the_table_not_the_local_manifests(home, tmp_path):
+    """chunks_before is the table's row count before the write: right with no (or another host's) run manifests."""
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"d{i}.md").write_text(f"# Doc {i}\n\nParagraph {i} about the travel policy and hotel caps.\n")
+    table = f"evt_{uuid.uuid4().hex[:6]}"
+    first = ingest(source=str(corpus), table=table)
+    for m in (home / "runs").glob("ingest-*.json"):  # as if the next run were on another host
+        m.unlink()
+    second = ingest(source=str(corpus), table=table, force=True, suggest_retrain=False)  # every chunk rewritten
+    got = _wait(lambda: [e for e in _events("ragtune.ingest.completed", f"ragtune.table.{table}") if e.payload["run_id"] == second["run_id"]], timeout=30)
+    assert got, "no ingest event for the second run"
+    (b,) = got
+    assert first["counts"]["chunks_total"] > 0 and b.payload["chunks_before"] == first["counts"]["chunks_total"]
+    assert b.payload["changed_share"] == 1.0  # every row replaced ...
+    assert b.resource["ragtune.retrain-suggested"] == "false" and b.payload["retrain_suggested"] is False  # ... but not suggested
+    assert "suggest_retrain=false" in b.payload["retrain_reason"]

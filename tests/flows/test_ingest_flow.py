@@ -13,24 +13,9 @@ from flows.ingest import IngestFailed, ingest
 from tasks.embed import HashEmbedder
 from tasks.store import ChunkStore
 from tasks.validate import ContractViolation
+from tests.flows.corpus import write_corpus as _corpus
 
 FIXTURE_PDFS = Path(__file__).resolve().parents[1] / "fixtures" / "pdf"
-
-
-def _corpus(root: Path) -> Path:
-    (root / "policies").mkdir(parents=True)
-    (root / "policies" / "travel.md").write_text(
-        "# Travel policy\n\n## Flights\n\nEconomy class for flights under six hours.\n\n"
-        "## Hotels\n\nHotels up to 180 EUR per night in Berlin.\n"
-    )
-    (root / "faq.txt").write_text("The support line opens at 08:00 CET.\n\nTickets are answered within 4 hours.\n")
-    (root / "guide.html").write_text(
-        "<html><head><title>Probe guide</title></head><body><nav>Home | Login</nav><main><h1>Probe guide</h1>"
-        "<p>Reset the probe by holding the button for 10 seconds.</p></main><footer>(c) Acme</footer></body></html>"
-    )
-    for i in range(4):
-        (root / f"note-{i}.md").write_text(f"# Note {i}\n\n" + " ".join(f"Sentence {j} of note {i}." for j in range(40)))
-    return root
 
 
 def _chunks(home: Path) -> dict[str, dict]:

@@ -222,11 +222,116 @@ def test_gs_locking_is_refused_clearly(tmp_path):
             pass
 
 
-def test_wrong_credentials_error_names_the_uri_not_the_secret(tmp_path, s3_endpoint):
-    uri = f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/ragtune"
-    secret = "SeCrEt-" + uuid.uuid4().hex
-    options = {"aws_endpoint": s3_endpoint, "aws_region": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": secret}
-    with pytest.raises(StoreError) as e:
-        with writer_lock(tmp_path, "chunks", wait_s=1, uri=uri, storage_options=options):
-            pass
-    assert uri in str(e.value) and secret not in str(e.value)
+def _run_texts(home: Path) -> str:
+    """The run directory (manifests JSON + MD) and every ingest artifact Prefect holds, as one text."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def artifacts() -> list[str]:
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="ingest-")))
+            return [json.dumps(a.model_dump(mode="json")) for a in found]
+
+    runs = [p.read_text(errors="replace") for p in (home / "runs").rglob("*") if p.is_file()]
+    texts = asyncio.run(artifacts())
+    assert runs and texts
+    return "\n".join(runs + texts)
+
+
+def test_wrong_credentials_error_names_the_uri_not_the_secret(home, tmp_path, s3_store, s3_endpoint, secret, monkeypatch):
+    """S3 echoes the access key id (and may echo a token): the manifest, the artifact and the CLI
+    message mask it, however short, while the endpoint and region the user must check stay visible."""
+    from typer.testing import CliRunner
+
+    from ragtune_cli import app
+    from tasks.locks import S3Lease
+
+    key_id, token = "AK7", "tok-" + uuid.uuid4().hex[:6]
+    options = {"aws_endpoint": s3_endpoint, "aws_region": "eu-west-3", "allow_http": "true",
+               "aws_access_key_id": key_id, "aws_secret_access_key": secret, "aws_session_token": token}
+    monkeypatch.setenv("RAGTUNE_STORE__STORAGE_OPTIONS", json.dumps(options))
+
+    def rejected(self, seen):  # what S3 answers to a wrong key pair (moto does not check credentials)
+        raise RuntimeError(
+            f"InvalidAccessKeyId: The AWS Access Key Id {key_id} (session token {token}, secret {secret}) "
+            f"does not exist at {s3_endpoint} in eu-west-3"
+        )
+
+    monkeypatch.setattr(S3Lease, "try_acquire", rejected)
+    result = CliRunner().invoke(app, ["ingest", str(_corpus(tmp_path / "src")), "--json"])
+    message = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert result.exit_code == 1 and "InvalidAccessKeyId" in message
+    assert s3_store in message and s3_endpoint in message and "eu-west-3" in message
+    recorded = _run_texts(home)
+    assert "InvalidAccessKeyId" in recorded and s3_endpoint in recorded
+    for value in (key_id, token, secret):
+        assert value not in message and value not in recorded, value
+
+
+def test_an_s3_error_mid_run_is_redacted_in_the_manifest_and_artifact(home, tmp_path, s3_store, secret, monkeypatch):
+    from lancedb.merge import LanceMergeInsertBuilder
+
+    def denied(self, *args, **kwargs):
+        raise OSError(f"Generic S3 error: PUT denied, request signed with secret {secret} and key AKIA-TEST")
+
+    monkeypatch.setattr(LanceMergeInsertBuilder, "execute", denied)
+    with pytest.raises(OSError, match="PUT denied"):
+        ingest(str(_corpus(tmp_path / "src")))
+    recorded = _run_texts(home)
+    assert "PUT denied" in recorded
+    assert secret not in recorded and "AKIA-TEST" not in recorded
+
+
+def test_a_writer_that_lost_its_lease_stops_before_writing(home, tmp_path, s3_store, monkeypatch):
+    """A holder paused past the ttl resumes after another host took the lease over: it must not
+    write chunks or the ledger, nor clear the spool (the new holder reuses those vectors)."""
+    from tasks import ingest as steps
+
+    settings = load_settings()
+    other = lease_for(settings.store_uri, settings.store.table, settings.store_options(), ttl_s=60)
+    real_chunk_rows = steps.chunk_rows
+
+    def paused_then_taken_over(*args, **kwargs):
+        # Another host's takeover while this run was paused: the lease body (and ETag) changed.
+        other.client.put_object(Bucket=other.bucket, Key=other.key, Body=b'{"holder": "other-host"}')
+        return real_chunk_rows(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "chunk_rows", paused_then_taken_over)
+    with pytest.raises(StoreError, match="lost the writer lease"):
+        ingest(str(_corpus(tmp_path / "src")))
+    store = _store()
+    assert store.chunks is None and store.ledger_table is None  # nothing written
+    assert store._open(store.spool_name) is not None  # the spool is left for the next holder
+    assert other._current()[1] == {"holder": "other-host"}  # and its lease is not deleted
+    manifest = json.loads(max((home / "runs").glob("ingest-*.json")).read_text())
+    assert manifest["status"] == "failed" and "lost the writer lease" in manifest["error"]
+
+
+def test_the_heartbeat_keeps_a_lease_held_past_its_ttl(tmp_path, s3_endpoint):
+    uri = f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/ragtune"
+    options = {"aws_endpoint": s3_endpoint, "aws_region": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    times: dict[str, float] = {}
+    first_in = threading.Event()
+
+    def first() -> None:
+        with writer_lock(tmp_path / "host-a", "chunks", wait_s=10, uri=uri, storage_options=options, lease_ttl_s=1.5) as lock:
+            first_in.set()
+            time.sleep(5)  # more than three ttls: only the renewals keep the lease alive
+            lock.check()
+            times["first_out"] = time.monotonic()
+
+    def second() -> None:
+        assert first_in.wait(10)
+        # Another host: its own local lock dir, so only the lease on S3 can keep it out.
+        with writer_lock(tmp_path / "host-b", "chunks", wait_s=10, uri=uri, storage_options=options, lease_ttl_s=1.5):
+            times["second_in"] = time.monotonic()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(times) == {"first_out", "second_in"}
+    assert times["second_in"] >= times["first_out"]

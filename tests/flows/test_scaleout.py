@@ -13,6 +13,7 @@ import pytest
 
 from flows.ingest import ingest
 from tasks.store import ChunkStore
+from tests.flows.corpus import write_corpus
 
 pytest.importorskip("prefect_dask")
 pytest.importorskip("prefect_ray")
@@ -33,18 +34,7 @@ def _quiet_engines(monkeypatch, tmp_path):
 
 
 def _corpus(root: Path) -> Path:
-    (root / "policies").mkdir(parents=True)
-    (root / "policies" / "travel.md").write_text(
-        "# Travel policy\n\n## Flights\n\nEconomy class for flights under six hours.\n\n## Hotels\n\nHotels up to 180 EUR per night.\n"
-    )
-    (root / "faq.txt").write_text("The support line opens at 08:00 CET.\n\nTickets are answered within 4 hours.\n")
-    (root / "guide.html").write_text(
-        "<html><head><title>Probe guide</title></head><body><main><h1>Probe guide</h1>"
-        "<p>Reset the probe by holding the button for 10 seconds.</p></main></body></html>"
-    )
-    for i in range(9):
-        (root / f"note-{i}.md").write_text(f"# Note {i}\n\n" + " ".join(f"Sentence {j} of note {i} about topic {j % 7}." for j in range(90)))
-    return root
+    return write_corpus(root, notes=9, sentences=90)  # enough chunks for several embedding batches
 
 
 def _table(home: Path) -> dict[str, tuple[str, np.ndarray]]:

@@ -9,6 +9,8 @@ import json
 import time
 from datetime import datetime, timezone
 
+import pytest
+
 from tasks.events import EVALUATION_REGRESSED, RETRAIN_SUGGESTED
 
 
@@ -80,6 +82,7 @@ def test_a_regression_event_notifies_the_configured_webhook(api, server_stack, w
     assert "f1: 0.1 [0.05, 0.15] (was 0.3)" in body["text"] and "probe-previous" in body["text"]
 
 
+@pytest.mark.extended
 def test_nightly_on_the_server_runs_each_step_as_its_own_run_on_its_pool(api):
     """The chain triggered like the UI does: ingest on the ingest pool, retrain and evaluate on the
     training pool, each a child flow run of the nightly run (tiny llama, hashing embedder)."""
@@ -87,6 +90,7 @@ def test_nightly_on_the_server_runs_each_step_as_its_own_run_on_its_pool(api):
         for r in api.flow_runs(api.deployment(name)["id"]):
             if r["state_type"] == "SCHEDULED":
                 api.http.delete(f"/flow_runs/{r['id']}")
+    retrain_before = {r["id"] for r in api.flow_runs(api.deployment("retrain-demo")["id"])}
     nightly = api.deployment("nightly")
     params = {**nightly["parameters"], "max_steps": 2, "limit": 2, "arms": ["base", "rag", "hybrid"], "table": "nightly_chunks"}
     api.patch("/work_pools/ragtune-train", {"is_paused": False})
@@ -98,7 +102,11 @@ def test_nightly_on_the_server_runs_each_step_as_its_own_run_on_its_pool(api):
     children = api.post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}, "sort": "START_TIME_ASC"})
     by_deployment = {api.get(f"/deployments/{c['deployment_id']}")["name"]: c for c in children if c.get("deployment_id")}
     assert done["state_type"] == "COMPLETED", (done["state"], {n: c["state"] for n, c in by_deployment.items()})
-    assert set(by_deployment) == {"ingest-demo", "retrain-demo", "evaluate-demo"}
+    assert len(children) == 3 and set(by_deployment) == {"ingest-demo", "retrain-demo", "evaluate-demo"}
+    # The chain retrains itself: its ingest does not also fire the retrain-on-change automation.
+    time.sleep(5)
+    new_retrains = [r["id"] for r in api.flow_runs(api.deployment("retrain-demo")["id"]) if r["id"] not in retrain_before]
+    assert new_retrains == [by_deployment["retrain-demo"]["id"]]
     assert by_deployment["ingest-demo"]["work_pool_name"] == "ragtune-ingest"
     assert by_deployment["retrain-demo"]["work_pool_name"] == by_deployment["evaluate-demo"]["work_pool_name"] == "ragtune-train"
     assert all(c["state_type"] == "COMPLETED" for c in by_deployment.values())

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -29,6 +30,17 @@ def _table_doc_ids(cfg: stack.StackConfig, table: str) -> list[str]:
     chunks = ChunkStore(cfg.home / "lancedb", table).chunks
     assert chunks is not None, f"table {table!r} was not written"
     return sorted(set(chunks.search().select(["doc_id"]).limit(None).to_arrow().column("doc_id").to_pylist()))
+
+
+def test_the_database_refuses_tcp_logins_without_the_password(server_stack):
+    psql = stack.postgres_bin("psql")
+    cmd = [psql, "-h", "127.0.0.1", "-p", str(server_stack.postgres_port), "-U", "postgres", "-d", "prefect", "-tAc", "SELECT 1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    refused = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PGPASSWORD": "wrong"})
+    assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+    password = server_stack.password_file.read_text().strip()
+    assert oct(server_stack.password_file.stat().st_mode & 0o777) == "0o600"
+    assert subprocess.run(cmd, capture_output=True, text=True, env={**env, "PGPASSWORD": password}).stdout.strip() == "1"
 
 
 def test_every_deployment_has_its_typed_form_pool_and_schedule(api):

@@ -11,12 +11,11 @@ import pytest
 from data_contracts.evaluation import ArmResult, Estimate, EvalRun, GateResult
 from data_contracts.manifest import IngestCounts, IngestManifest
 from tasks import events
-from tasks.report import write_manifest
 
 
-def _manifest(run_id: str, written: int, total: int, table: str = "chunks", status: str = "completed") -> IngestManifest:
-    return IngestManifest(run_id=run_id, table=table, source_root="/docs", started_at=datetime.now(timezone.utc), status=status,
-                          counts=IngestCounts(chunks_written=written, chunks_total=total, added=1))  # fmt: skip
+def _manifest(run_id: str, written: int, total: int, before: int = 0, table: str = "chunks") -> IngestManifest:
+    return IngestManifest(run_id=run_id, table=table, source_root="/docs", started_at=datetime.now(timezone.utc),
+                          counts=IngestCounts(chunks_before=before, chunks_written=written, chunks_total=total, added=1))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -35,22 +34,27 @@ def test_changed_share(before, written, after, removed, share):
     assert events.changed_share(before, written, after) == (removed, pytest.approx(share))
 
 
-def test_ingest_event_labels_retrain_above_the_threshold(tmp_path):
-    write_manifest(_manifest("20260101T000000-aaaaaa", 100, 100), tmp_path)
-    write_manifest(_manifest("20260101T010000-bbbbbb", 0, 0, table="other"), tmp_path)  # other table: ignored
-    write_manifest(_manifest("20260101T020000-cccccc", 0, 0, status="failed"), tmp_path)  # failed: ignored
-    now = _manifest("20260101T030000-dddddd", 30, 100)
-    write_manifest(now, tmp_path)
-    before = events.previous_chunk_total(tmp_path, "chunks", now.run_id)
-    assert before == 100
-    e = events.ingest_completed(now, before, retrain_share=0.1)
+def test_ingest_event_labels_retrain_above_the_threshold():
+    now = _manifest("20260101T030000-dddddd", 30, 100, before=100)  # chunks_before: the table's rows before the write
+    e = events.ingest_completed(now, retrain_share=0.1)
     assert e.name == "ragtune.ingest.completed"
     assert e.resource["prefect.resource.id"] == "ragtune.table.chunks" and e.resource["ragtune.retrain-suggested"] == "true"
     assert e.payload["changed_share"] == 0.3 and e.payload["chunks_removed"] == 30 and e.payload["counts"]["chunks_written"] == 30
+    assert e.payload["chunks_before"] == 100 and e.payload["counts"]["chunks_before"] == 100
     assert all(isinstance(v, str) for v in e.resource.values())  # Prefect resource labels are strings
-    quiet = events.ingest_completed(now, before, retrain_share=0.3)  # "more than" the share
+    quiet = events.ingest_completed(now, retrain_share=0.3)  # "more than" the share
     assert quiet.resource["ragtune.retrain-suggested"] == "false" and quiet.payload["retrain_suggested"] is False
-    assert events.previous_chunk_total(tmp_path, "chunks", "20260101T000000-aaaaaa") == 0  # the first ingest
+    first = events.ingest_completed(_manifest("20260101T000000-aaaaaa", 100, 100), retrain_share=0.1)  # a new table
+    assert first.payload["chunks_before"] == 0 and first.payload["changed_share"] == 1.0
+
+
+def test_ingest_event_not_suggested_when_the_caller_retrains_itself():
+    big = _manifest("20260101T030000-dddddd", 100, 100, before=100)  # every row replaced
+    e = events.ingest_completed(big, retrain_share=0.1, suggest_retrain=False)
+    assert e.resource["ragtune.retrain-suggested"] == "false" and e.payload["retrain_suggested"] is False
+    assert e.payload["changed_share"] == 1.0  # the numbers still say what changed
+    assert "suggest_retrain=false" in e.payload["retrain_reason"] and "nightly" in e.payload["retrain_reason"]
+    assert events.ingest_completed(big, retrain_share=0.1).payload["retrain_reason"].startswith("changed_share 1.0000 >")
 
 
 def test_training_events_say_trained_or_why_not():
@@ -132,11 +136,21 @@ def test_nightly_runs_each_step_as_its_deployment(monkeypatch):
     monkeypatch.setattr(nightly, "run_deployment", fake_run_deployment)
     done = nightly.run_chain(_nightly_steps(), nightly.run_as_deployment)
     assert [c[0] for c in calls] == ["ingest/ingest-demo", "retrain/retrain-demo", "evaluate/evaluate-demo"]
-    assert calls[0][1] == {"source": "docs", "config_file": "cfg.toml"}  # None left out: the deployment's default stands
+    # None left out: the deployment's default stands; suggest_retrain=False: the chain retrains itself, not the automation
+    assert calls[0][1] == {"source": "docs", "config_file": "cfg.toml", "suggest_retrain": False}
     assert calls[1][1] == {"force": True, "max_steps": 5, "config_file": "cfg.toml"}
     assert calls[2][1] == {"arms": ["rag"], "limit": 3, "config_file": "cfg.toml"}
     assert all(c[2] is None for c in calls)  # wait for each child to finish
     assert [s["state"] for s in done.values()] == ["completed"] * 3 and "run-1" in done["ingest"]["detail"]
+
+
+def test_nightly_in_process_ingest_does_not_suggest_a_retrain(monkeypatch):
+    import flows.nightly as nightly
+
+    got = {}
+    monkeypatch.setattr(nightly, "ingest", lambda **kw: got.update(kw) or {"status": "completed", "counts": {}})
+    nightly.run_in_process(_nightly_steps()[0])
+    assert got == {"source": "docs", "config_file": "cfg.toml", "suggest_retrain": False}
 
 
 @pytest.mark.parametrize("state_name", ["Failed", "Crashed", "Cancelled"])

@@ -196,6 +196,10 @@ def check_server(infra: dict) -> list[str]:
         problems.append("server analytics not disabled")
     if not any(str(p).split(":")[-1] == str(port) for p in server.get("ports") or []):
         problems.append(f"server port {port} is not published")
+    # The API has no authentication: publish it on the host's loopback only (as make serve binds 127.0.0.1).
+    exposed = [p for p in server.get("ports") or [] if not str(p).startswith("127.0.0.1:")]
+    if exposed:
+        problems.append(f"server ports {exposed} are published on every interface; bind them to 127.0.0.1")
     test = " ".join(map(str, (server.get("healthcheck") or {}).get("test") or []))
     if f":{port}/api/health" not in test:
         problems.append("server healthcheck does not probe /api/health on its port")
@@ -482,6 +486,7 @@ BREAKAGES = {
     "unknown service key": (check_compose_structure, _break(f"{S}/postgres/heathcheck", {})),
     "build context": (check_compose_structure, _break(f"{S}/worker-train/build", {"context": ".", "dockerfile": "Dockerfile"})),
     "no deploy service": (check_compose_services, _break(f"{S}/deploy", DELETE)),
+    "api on every interface": (check_server, _break(f"{S}/prefect-server/ports", ["4200:4200"])),
     "worker polls another pool": (check_compose_services, _break(f"{S}/worker-train/command", ["prefect", "worker", "start", "--pool", "other"])),
     "postgres 16": (check_database, _break(f"{S}/postgres/image", "postgres:16")),
     "db url host": (check_database, _break(f"{S}/prefect-server/environment/PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://postgres:x@localhost:5432/prefect")),

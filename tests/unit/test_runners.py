@@ -33,10 +33,10 @@ def test_local_dask_is_single_threaded_processes_without_the_default_dashboard_p
     assert r.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
 
 
-@pytest.mark.parametrize("choice", ["dask://10.0.0.5:8786", "tcp://10.0.0.5:8786"])
+@pytest.mark.parametrize("choice", ["dask://127.0.0.1:9", "tcp://127.0.0.1:8786"])
 def test_existing_dask_cluster_by_address(choice):
     r = runners.task_runner(_settings(choice))
-    assert r.address == "tcp://10.0.0.5:8786" and not r.cluster_kwargs
+    assert r.address == "tcp://127.0.0.1:8786" and not r.cluster_kwargs
 
 
 def test_ray_local_and_remote(monkeypatch):
@@ -72,3 +72,12 @@ def test_workers_get_one_thread_and_one_sandbox():
 def test_unknown_runner_is_refused_by_settings():
     with pytest.raises(ValueError, match="use thread, dask"):
         _settings("spark")
+
+
+def test_a_remote_engine_without_a_prefect_server_is_refused():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(ValueError, match="set PREFECT_API_URL"):
+            with runners.engine(_settings("dask://127.0.0.1:9")):
+                pass

@@ -55,7 +55,11 @@ def test_down_stops_exactly_the_recorded_processes_and_their_children(tmp_path):
     pid = stack._spawn([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"}, log_file=cfg.state_dir / "w.log")
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        stack.StackState(api_url=cfg.api_url, ui_url=cfg.ui_url, pids={"worker-x": pid}).save(cfg.state_dir / "stack.json")
+        state = stack.StackState(api_url=cfg.api_url, ui_url=cfg.ui_url)
+        state.record("worker-x", pid)
+        # A recorded PID that now belongs to another process (reused after a reboot) is left alone.
+        state.pids["worker-stale"], state.starts["worker-stale"] = bystander.pid, "1"
+        state.save(cfg.state_dir / "stack.json")
         time.sleep(0.5)
         children = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 2
@@ -64,6 +68,7 @@ def test_down_stops_exactly_the_recorded_processes_and_their_children(tmp_path):
         assert not stack._alive(pid)
         assert not any(stack._alive(int(c)) for c in children)
         assert bystander.poll() is None, "down must not touch processes it did not start"
+        assert any("worker-stale" in m and "no longer running" in m for m in messages)
         assert not (cfg.state_dir / "stack.json").exists()
         stack.down(cfg, log=messages.append)
         assert "nothing to stop" in messages[-1]

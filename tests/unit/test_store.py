@@ -85,129 +85,6 @@ def test_fts_index_then_ann_index_past_threshold(tmp_path):
     assert not store.indexes_missing()
 
 
-# --- the cross-host writer lease (tasks/locks.py), against an in-memory conditional-PUT store --------
-
-
-class _Conditional(Exception):
-    def __init__(self, code: str):
-        self.response = {"Error": {"Code": code}}
-
-
-class FakeS3:
-    """put/get/delete with S3's If-None-Match / If-Match semantics, ETag = md5 of the body."""
-
-    def __init__(self):
-        self.objects: dict[str, bytes] = {}
-
-    @staticmethod
-    def _etag(body: bytes) -> str:
-        import hashlib
-
-        return '"' + hashlib.md5(body).hexdigest() + '"'
-
-    def put_object(self, Bucket, Key, Body, IfNoneMatch=None, IfMatch=None):
-        current = self.objects.get(Key)
-        if IfNoneMatch == "*" and current is not None:
-            raise _Conditional("PreconditionFailed")
-        if IfMatch is not None and (current is None or self._etag(current) != IfMatch):
-            raise _Conditional("PreconditionFailed" if current is not None else "NoSuchKey")
-        self.objects[Key] = Body
-        return {"ETag": self._etag(Body)}
-
-    def get_object(self, Bucket, Key):
-        import io
-
-        if Key not in self.objects:
-            raise _Conditional("NoSuchKey")
-        return {"ETag": self._etag(self.objects[Key]), "Body": io.BytesIO(self.objects[Key])}
-
-    def delete_object(self, Bucket, Key, IfMatch=None):
-        current = self.objects.get(Key)
-        if IfMatch is not None and (current is None or self._etag(current) != IfMatch):
-            raise _Conditional("PreconditionFailed")
-        self.objects.pop(Key, None)
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _lease(s3, clock, ttl=10.0):
-    from tasks.locks import S3Lease
-
-    return S3Lease(s3, "bucket", "prefix/_ragtune_locks/chunks.lease", ttl_s=ttl, clock=clock)
-
-
-def test_only_one_of_two_creators_gets_the_lease():
-    s3, clock = FakeS3(), Clock()
-    a, b = _lease(s3, clock), _lease(s3, clock)
-    assert a.try_acquire({}) and not b.try_acquire({})
-
-
-def test_a_renewed_lease_is_never_taken_over_however_long_it_is_held():
-    s3, clock = FakeS3(), Clock()
-    holder, waiter, seen = _lease(s3, clock), _lease(s3, clock), {}
-    assert holder.try_acquire({})
-    for _ in range(10):
-        assert not waiter.try_acquire(seen)
-        clock.now += 6  # less than the ttl between renewals
-        assert holder.renew()
-    assert not waiter.try_acquire(seen) and not holder.lost
-
-
-def test_a_stale_lease_goes_to_exactly_one_waiter_after_ttl_by_its_own_clock():
-    s3, clock = FakeS3(), Clock()
-    dead, w1, w2 = _lease(s3, clock), _lease(s3, clock), _lease(s3, clock)
-    assert dead.try_acquire({})
-    seen1, seen2 = {}, {}
-    assert not w1.try_acquire(seen1) and not w2.try_acquire(seen2)  # first sight starts each waiter's timer
-    clock.now += 9.9
-    assert not w1.try_acquire(seen1)  # not stale yet
-    clock.now += 0.2
-    assert w1.try_acquire(seen1)  # conditional takeover (If-Match the stale ETag)
-    assert not w2.try_acquire(seen2)  # the ETag changed: w2's timer restarts, it cannot win too
-    # The dead holder comes back: its renewal fails, and its release does not delete w1's lease.
-    assert not dead.renew() and dead.lost
-    dead.release()
-    assert s3.objects and w1.renew()
-
-
-def test_a_waiter_ignores_timestamps_written_by_a_skewed_host():
-    import json
-
-    s3, clock = FakeS3(), Clock()
-    holder, waiter = _lease(s3, clock), _lease(s3, clock)
-    assert holder.try_acquire({})
-    key = holder.key
-    body = json.loads(s3.objects[key])
-    body["written_at"] -= 10 * 365 * 86400  # a holder whose clock is years behind
-    s3.objects[key] = json.dumps(body).encode()
-    holder.etag = FakeS3._etag(s3.objects[key])
-    assert not waiter.try_acquire({})  # only the waiter's own observation time counts
-
-
-def test_release_frees_the_lease_for_the_next_writer():
-    s3, clock = FakeS3(), Clock()
-    a, b = _lease(s3, clock), _lease(s3, clock)
-    assert a.try_acquire({})
-    a.release()
-    assert not s3.objects and b.try_acquire({})
-
-
-def test_lease_key_sits_next_to_the_table_and_gs_is_refused():
-    from tasks.locks import LockError, lease_for, split_s3_uri
-
-    assert split_s3_uri("s3://bucket/a/b/") == ("bucket", "a/b")
-    lease = lease_for("s3://bucket/a/b", "chunks", {"aws_region": "us-east-1"}, ttl_s=5)
-    assert (lease.bucket, lease.key) == ("bucket", "a/b/_ragtune_locks/chunks.lease")
-    with pytest.raises(LockError, match="gs://"):
-        lease_for("gs://bucket/a", "chunks", {}, ttl_s=5)
-
-
 def test_store_settings_reveal_secrets_only_on_request(monkeypatch, tmp_path):
     from tasks.config import load_settings
 
@@ -222,8 +99,22 @@ def test_store_settings_reveal_secrets_only_on_request(monkeypatch, tmp_path):
 
 
 def test_open_errors_redact_storage_option_values():
-    from tasks.store import _redact
+    from tasks.store import redacted
 
-    assert _redact("denied for key abcd-1234 at s3://b", {"aws_secret_access_key": "abcd-1234", "allow_http": "true"}) == (
+    assert redacted("denied for key abcd-1234 at s3://b", {"aws_secret_access_key": "abcd-1234", "allow_http": "true"}) == (
         "denied for key *** at s3://b"
     )
+
+
+def test_redaction_masks_short_secrets_and_keeps_endpoint_and_region_visible():
+    from tasks.store import redacted
+
+    options = {
+        "aws_endpoint": "http://minio.internal:9000", "aws_region": "eu-west-1", "allow_http": "true",
+        "aws_access_key_id": "AK1", "aws_secret_access_key": "s3c", "aws_session_token": "tok",
+        "azure_storage_sas_key": "sv=1", "password": "pw", "google_application_credentials": "/c.json",
+    }
+    text = ("AccessDenied for AK1 / s3c / tok / sv=1 / pw / /c.json at http://minio.internal:9000 "
+            "in eu-west-1 (allow_http true)")
+    out = redacted(text, options)
+    assert out == "AccessDenied for *** / *** / *** / *** / *** / *** at http://minio.internal:9000 in eu-west-1 (allow_http true)"
