@@ -33,7 +33,7 @@ def test_local_dask_is_single_threaded_processes_without_the_default_dashboard_p
     assert r.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
 
 
-@pytest.mark.parametrize("choice", ["dask://127.0.0.1:9", "tcp://127.0.0.1:8786"])
+@pytest.mark.parametrize("choice", ["dask://127.0.0.1:8786", "tcp://127.0.0.1:8786"])
 def test_existing_dask_cluster_by_address(choice):
     r = runners.task_runner(_settings(choice))
     assert r.address == "tcp://127.0.0.1:8786" and not r.cluster_kwargs
