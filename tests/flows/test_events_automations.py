@@ -168,12 +168,17 @@ def test_a_big_ingest_event_starts_a_retrain_run(retrain_deployment, monkeypatch
     assert not [r for r in runs() if r.parameters.get("table") == quiet]
 
 
-def test_ingest_emits_its_numbers(home, tmp_path):
+def _docs(tmp_path):
+    """Three small Markdown documents, a fresh folder each call."""
     corpus = tmp_path / "docs"
     corpus.mkdir()
     for i in range(3):
         (corpus / f"d{i}.md").write_text(f"# Doc {i}\n\nParagraph {i} about the travel policy and hotel caps.\n")
-    table = f"evt_{uuid.uuid4().hex[:6]}"
+    return corpus
+
+
+def test_ingest_emits_its_numbers(home, tmp_path):
+    corpus, table = _docs(tmp_path), f"evt_{uuid.uuid4().hex[:6]}"
     first = ingest(source=str(corpus), table=table)
     second = ingest(source=str(corpus), table=table)  # nothing changed
     got = _wait(lambda: (lambda e: e if len(e) >= 2 else None)(_events("ragtune.ingest.completed", f"ragtune.table.{table}")), timeout=30)
@@ -190,11 +195,7 @@ def test_ingest_emits_its_numbers(home, tmp_path):
 
 def test_ingest_event_counts_the_table_not_the_local_manifests(home, tmp_path):
     """chunks_before is the table's row count before the write: right with no (or another host's) run manifests."""
-    corpus = tmp_path / "docs"
-    corpus.mkdir()
-    for i in range(3):
-        (corpus / f"d{i}.md").write_text(f"# Doc {i}\n\nParagraph {i} about the travel policy and hotel caps.\n")
-    table = f"evt_{uuid.uuid4().hex[:6]}"
+    corpus, table = _docs(tmp_path), f"evt_{uuid.uuid4().hex[:6]}"
     first = ingest(source=str(corpus), table=table)
     for m in (home / "runs").glob("ingest-*.json"):  # as if the next run were on another host
         m.unlink()
