@@ -68,7 +68,15 @@ bench: models
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/arena.py
 	$(BIN)/python bench/precision.py
-	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/scaleout.py --repeats 3
+
+# Reliability drills (bench/drills.py, issue 12; not part of `make test`): kill -9 at random points of
+# ingests and of a LoRA run, 30 % of task attempts failing (RAGTUNE_FAULTS), concurrent ingests, >= 200
+# hostile files; ~25 min on 2 cores, results in bench/results/drills-latest.{json,md}.
+# DRILLS_ARGS=--quick for a smoke run (drills-quick.*), or e.g. DRILLS_ARGS="--only kill,train".
+.PHONY: drills
+drills: setup
+	$(BIN)/python bench/drills.py $(DRILLS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(RAGTUNE_HOME)

@@ -91,14 +91,19 @@ def ingest(
         _fail(str(e), code=3, as_json=as_json)
     except (SourceError, StoreError, ContractViolation, FileNotFoundError) as e:
         _fail(str(e), code=1, as_json=as_json)
-    except Exception as e:  # noqa: BLE001 - any other failure: say what and that nothing was lost
+    except Exception as e:  # noqa: BLE001 - any other failure: say what, where, and what is left
         from tasks.store import redacted
 
+        settings = load_settings(config)
+        last = latest_manifest(settings.runs_dir, table or settings.store.table)
+        stage = last.failed_stage if last and last.status == "failed" else None
+        # Before the write stage nothing was committed; from it on, the chunk table may be at a new version.
+        left = ("the chunk table may hold this run's commit; a rerun converges to the full result"
+                if stage in ("write", "index") else "the previously committed table is unchanged; rerun to resume")
         _fail(
             # An object-store error can echo credentials: mask them as the manifest does.
-            f"ingest failed ({type(e).__name__}: {redacted(str(e), load_settings(config).store_options())}); "
-            "the previously committed table is unchanged, "
-            "rerun to resume (details in the run manifest under $RAGTUNE_HOME/runs/)",
+            f"ingest failed at stage {stage or 'unknown'} ({type(e).__name__}: {redacted(str(e), settings.store_options())}); "
+            f"{left} (details in the run manifest under $RAGTUNE_HOME/runs/)",
             code=1,
             as_json=as_json,
         )
@@ -224,23 +229,26 @@ def ask(
     """A grounded answer with citations, or an honest "the documents don't answer this"."""
     from tasks.config import load_settings
     from tasks.registry import AdapterNotFound
-    from tasks.resources import make_answerer, search_filters
+    from tasks.resources import make_answerer, search_filters, serving_adapter
     from tasks.store import StoreError
 
     settings = load_settings(config)
     if k:
         settings = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"k": k})})
     try:
-        answerer = make_answerer(settings, table, adapter=_adapter_path(settings, adapter or "champion"))
+        adapter_dir, served = serving_adapter(settings, adapter or "champion", _groups(groups))
+        answerer = make_answerer(settings, table, adapter=adapter_dir)
     except (StoreError, AdapterNotFound) as e:
         _fail(str(e), as_json=as_json)
-    result = answerer.ask(question, search_filters(settings, _groups(groups))).as_dict()
+    result = answerer.ask(question, search_filters(settings, _groups(groups))).as_dict() | served
     lines = [result["answer"], ""]
     for c in result["citations"] or result["closest_sources"]:
         where = c["doc_id"] + (f", page {c['page']}" if c["page"] else "") + (f", {c['section']}" if c["section"] else "")
         lines.append(f"[{c['n']}] {where}  (chunk {c['chunk_id'][:12]})")
     if result["abstained"]:
         lines.append(f"(abstained: {result['reason']})")
+    if result["adapter_withheld"]:
+        lines.append(f"(base model: {result['adapter_withheld']})")
     lines.append("timings: " + ", ".join(f"{k_} {v * 1000:.0f} ms" for k_, v in result["timings"].items()))
     _emit(as_json, result, "\n".join(lines))
 
@@ -256,12 +264,6 @@ def setup_models(config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt) ->
     location, _ = resolve_generator(settings.generator.model, settings.models_dir)
     payload = {"embedder": embedder.fingerprint, "dimension": embedder.dimension, "generator": location}
     _emit(as_json, payload, f"embedder {embedder.fingerprint} ({embedder.dimension}-d); generator at {location}")
-
-
-def _adapter_path(settings: Any, ref: str) -> Optional[Path]:
-    from tasks.registry import Registry
-
-    return Registry(settings.adapters_dir, settings.locks_dir).resolve(ref)
 
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Training datasets.")

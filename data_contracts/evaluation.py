@@ -53,6 +53,10 @@ class ArmResult(BaseModel):
     wall_s: float = Field(description="Wall time to answer every question of this arm (batched).")
     questions_per_min: float
     train_wall_s: float | None = Field(None, description="Training wall time of the arm's adapter (its cost).")
+    served_to: str | None = Field(
+        None, description="Callers the arm's adapter may be served to (its access record): 'everyone', the groups "
+        "its chunks need, or 'no one' (no record); other callers get the base model."
+    )
 
 
 class GateResult(BaseModel):

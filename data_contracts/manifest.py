@@ -35,6 +35,7 @@ class IngestManifest(BaseModel):
     flow_run_id: str | None = None
     status: Literal["completed", "failed"] = "completed"
     error: str | None = None
+    failed_stage: str | None = None  # the stage that raised (discover, parse_chunk, embed, validate, write, index)
     table: str
     source_root: str
     started_at: datetime

@@ -60,6 +60,7 @@ DOCUMENT_COLUMNS: tuple[Column, ...] = (
     Column("status", pa.string(), True, "ingested or quarantined."),
     Column("reason", pa.string(), False, "Quarantine reason code (e.g. encrypted, no_text); null when ingested."),
     Column("detail", pa.string(), False, "What is wrong with the file and what to do about it."),
+    Column("attempts", pa.int32(), False, "Parses in a row that ended in a transient quarantine (timeout, memory_limit, crashed); null otherwise."),
     Column("modified_at", _TS, True, "File modification time."),
     Column("mtime_ns", pa.int64(), True, "File modification time in ns, for the cheap unchanged check."),
     Column("byte_size", pa.int64(), True, "File size in bytes."),
@@ -112,6 +113,8 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
     Column("oracle_text", pa.string(), False, "RAFT: that chunk's text."),
     Column("distractor_chunk_ids", pa.list_(pa.string()), False, "RAFT: retrieved chunks given as distractors (hard negatives)."),
     Column("table_version", pa.int64(), False, "RAFT: version of the chunk table the sources came from."),
+    Column("source_readers", pa.list_(pa.string()), False,
+           "RAFT: who may read each chunk in the row (its groups, comma-joined; '*' = everyone): the adapter's access record."),
     # Derived by the builder for the contract.
     Column("n_tokens", pa.int32(), True, "Tokens of the rendered chat with the generator's tokenizer."),
     Column("roles_ok", pa.bool_(), True, "Every turn has a known role and non-empty content, and the last is the assistant's."),

@@ -14,20 +14,24 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks import dataset as steps
+from tasks import faults
 from tasks.config import Settings, load_settings
 from tasks.report import dataset_markdown
+from tasks.validate import ContractViolation
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="build-examples", **_TASK)
+@task(name="build-examples", retries=3, retry_delay_seconds=1, retry_condition_fn=faults.retry_unless(steps.DatasetError, ContractViolation), **_TASK)
 def build_examples(settings: Settings, table: str | None) -> steps.DatasetBuild:
     """Read the sources, build RAFT rows over the index and run the training contract."""
+    faults.maybe_fail("build-examples")
     return steps.build(settings, table)
 
 
-@task(name="save-dataset", retries=1, retry_delay_seconds=2, **_TASK)
+@task(name="save-dataset", retries=3, retry_delay_seconds=2, **_TASK)
 def save_dataset(build: steps.DatasetBuild, settings: Settings) -> Path:
+    faults.maybe_fail("save-dataset")
     return steps.save(build, settings.datasets_dir)
 
 

@@ -12,6 +12,7 @@ records and the report under `<home>/reports/<run_id>/` → apply the gate's ver
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,14 +24,14 @@ from prefect.cache_policies import NO_CACHE
 
 from data_contracts.evaluation import ArmResult, EvalRun, GateResult, QuestionRecord
 from flows.events import emit, events_markdown
-from tasks import arena, events
+from tasks import arena, atomic, events
 from tasks.config import Settings, load_settings
 from tasks.calibrate import Calibration, calibrate_grounding
 from tasks.evalset import EvalSet, load_canary, load_eval_set
 from tasks.gate import decide
 from tasks.metrics import ScoringRules
 from tasks.progress import progress_bar
-from tasks.registry import Registry
+from tasks.registry import Registry, served_to
 from tasks.models import load_embedder_for
 from tasks.resources import make_answerer, open_retriever, search_filters
 
@@ -106,7 +107,7 @@ def apply_verdict(gate: GateResult, registry: Registry, run_id: str) -> None:
     details = {"gate": {"promote": gate.promote, "reasons": gate.reasons, "numbers": gate.numbers}, "incumbent": gate.incumbent,
                "report": run_id}
     if gate.promote:
-        registry.promote(gate.candidate, gate.reasons[0], details)
+        registry.promote(gate.candidate, gate.reasons[0], details, compared_with=None if gate.incumbent == "base" else gate.incumbent)
     else:
         registry.reject(gate.candidate, gate.reasons[0], details)
 
@@ -132,7 +133,7 @@ def _arm_result(run: arena.ArmRun) -> ArmResult:
         name=run.spec.name, kind=run.spec.kind, adapter=a.name if a else None, adapter_role=run.spec.role,  # type: ignore[arg-type]
         retrieval=run.spec.retrieval, metrics={k: v.as_dict() for k, v in run.metrics.items()},  # type: ignore[misc]
         questions=len(run.results), wall_s=round(run.wall_s, 3), questions_per_min=round(run.questions_per_min, 2),
-        train_wall_s=a.metadata.get("wall_s") if a else None,
+        train_wall_s=a.metadata.get("wall_s") if a else None, served_to=served_to(a.metadata.get("access")) if a else None,
     )
 
 
@@ -197,7 +198,8 @@ def evaluate(
     score_arms(list(canary.values()), {}, settings)
     gate = promotion_gate(runs, canary, settings)
 
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    # Microseconds and a random tail: two evaluations started in the same second get their own run.
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + uuid.uuid4().hex[:4]
     result = EvalRun(
         run_id=run_id, created_at=datetime.now(timezone.utc), eval_path=str(ev.path), eval_split=ev.split, eval_hash=ev.hash,
         questions=len(ev.rows), table=table or settings.store.table, table_version=arena.table_version(chunks),
@@ -245,8 +247,7 @@ def write_run(result: EvalRun, records: list[QuestionRecord], out_dir: Path, his
     write_report(result, records, tmp, history=[h for h, _ in history], previous_records=previous)
     os.replace(tmp, out_dir)
     latest = out_dir.parent / "LATEST"
-    latest.with_suffix(".tmp").write_text(out_dir.name + "\n")
-    os.replace(latest.with_suffix(".tmp"), latest)
+    atomic.write_text(latest, out_dir.name + "\n")
     from tasks.eval_report import ReportFiles
 
     return ReportFiles(markdown=out_dir / "report.md", html=out_dir / "report.html", charts=sorted((out_dir / "charts").glob("*.png")))

@@ -23,14 +23,14 @@ from data_contracts.manifest import IngestManifest, QuarantinedFile
 from data_contracts.suites import chunk_suite, document_suite
 from flows import runners
 from flows.events import emit
-from tasks import events, ingest as steps
+from tasks import events, faults, ingest as steps
 from tasks.config import Settings, load_settings
 from tasks.models import load_embedder_for
 from tasks.progress import progress_bar
 from tasks.report import ingest_markdown, write_manifest
-from tasks.sources import Plan, SourceFile, discover, plan
+from tasks.sources import Plan, SourceError, SourceFile, discover, plan
 from tasks.store import ChunkStore, WriterLock, redacted, writer_lock
-from tasks.validate import require_valid
+from tasks.validate import ContractViolation, require_valid
 
 # Heavy objects (tables, models) pass between these tasks in memory and are never persisted as
 # Prefect results; caching by input hash would hash whole tables for nothing.
@@ -39,45 +39,52 @@ PARSE_GROUP = 256  # files per parse task run: one sandbox pool start per group
 
 
 class IngestFailed(Exception):
-    """A run failed; the previously committed table is untouched."""
+    """`--strict` found quarantined files, after the others were committed (the message says so)."""
 
 
-@task(name="discover-sources", **_TASK)
+@task(name="discover-sources", retries=3, retry_delay_seconds=1, retry_condition_fn=faults.retry_unless(SourceError), **_TASK)
 def discover_sources(source: Path, settings: Settings) -> tuple[list[SourceFile], list[Any]]:
+    faults.maybe_fail("discover-sources")
     return discover(source, settings.ingest.include, settings.ingest.exclude)
 
 
-@task(name="plan-changes", **_TASK)
+@task(name="plan-changes", retries=3, retry_delay_seconds=1, **_TASK)
 def plan_changes(files: list[SourceFile], ledger: dict[str, dict[str, Any]], pipeline: str, force: bool) -> Plan:
+    faults.maybe_fail("plan-changes")
     return plan(files, ledger, pipeline, force=force)
 
 
-@task(name="parse-and-chunk", **_TASK)
+@task(name="parse-and-chunk", retries=3, retry_delay_seconds=1, **_TASK)
 def parse_and_chunk(group: list[tuple[SourceFile, str]], embedder: Any, settings: Settings, advance: Any) -> list[steps.DocumentResult]:
+    faults.maybe_fail("parse-and-chunk")
     return steps.parsed_documents(group, embedder, settings, on_progress=advance)
 
 
-@task(name="parse-and-chunk-on-worker", **_TASK)
+@task(name="parse-and-chunk-on-worker", retries=3, retry_delay_seconds=1, **_TASK)
 def parse_and_chunk_on_worker(group: list[tuple[SourceFile, str]], settings: Settings) -> list[steps.DocumentResult]:
     """On an engine worker: files in, chunks out; the embedder's tokenizer is loaded once per worker."""
+    faults.maybe_fail("parse-and-chunk-on-worker")
     return steps.parsed_documents(group, load_embedder_for(settings), settings)
 
 
-@task(name="embed-batch-on-worker", retries=1, retry_delay_seconds=2, **_TASK)
+@task(name="embed-batch-on-worker", retries=3, retry_delay_seconds=2, **_TASK)
 def embed_batch_on_worker(texts: list[str], settings: Settings) -> Any:
     """On an engine worker: texts in, vectors out; the model is loaded once per worker and kept.
     Only the flow writes them (spool, then the commit), so the store keeps one writer."""
+    faults.maybe_fail("embed-batch-on-worker")
     return load_embedder_for(settings).embed(texts)
 
 
-@task(name="embed-chunks", retries=1, retry_delay_seconds=2, **_TASK)
+@task(name="embed-chunks", retries=3, retry_delay_seconds=2, **_TASK)
 def embed_chunks(vectors: steps.Vectors, embedder: Any, store: ChunkStore, settings: Settings) -> int:
+    faults.maybe_fail("embed-chunks")
     with progress_bar("embedding", len(vectors.todo), unit="chunks") as advance:
         return steps.embed_missing(vectors, embedder, store, batch_size=settings.embedder.batch_size * 4, on_progress=advance)
 
 
-@task(name="validate-contracts", **_TASK)
+@task(name="validate-contracts", retries=3, retry_delay_seconds=1, retry_condition_fn=faults.retry_unless(ContractViolation), **_TASK)
 def validate_contracts(chunks: Any, documents: Any, dimension: int, max_tokens: int) -> list[dict[str, Any]]:
+    faults.maybe_fail("validate-contracts")
     reports = []
     if chunks.num_rows:
         reports.append(require_valid(chunks, chunk_suite(dimension, max_tokens), key="chunk_id").as_dict())
@@ -86,18 +93,21 @@ def validate_contracts(chunks: Any, documents: Any, dimension: int, max_tokens: 
     return reports
 
 
-@task(name="write-chunks", retries=2, retry_delay_seconds=2, **_TASK)
+@task(name="write-chunks", retries=3, retry_delay_seconds=2, **_TASK)
 def write_chunks(store: ChunkStore, rows: Any, source_root: str, doc_ids: list[str]) -> int:
+    faults.maybe_fail("write-chunks")
     return store.replace_documents(rows, source_root, doc_ids)
 
 
-@task(name="write-ledger", retries=2, retry_delay_seconds=2, **_TASK)
+@task(name="write-ledger", retries=3, retry_delay_seconds=2, **_TASK)
 def write_ledger(store: ChunkStore, rows: Any, source_root: str, deleted: list[str]) -> int:
+    faults.maybe_fail("write-ledger")
     return store.write_ledger(rows, source_root, deleted)
 
 
-@task(name="maintain-indexes", retries=1, **_TASK)
+@task(name="maintain-indexes", retries=3, retry_delay_seconds=1, **_TASK)
 def maintain_indexes(store: ChunkStore, settings: Settings) -> dict[str, Any]:
+    faults.maybe_fail("maintain-indexes")
     s = settings.store
     return store.maintain_indexes(s.ann_min_rows, s.ann_min_recall, s.keep_versions_days).__dict__
 
@@ -144,9 +154,12 @@ def ingest(
             raise IngestFailed(
                 f"{len(manifest.quarantine)} file(s) quarantined and --strict is set: "
                 + "; ".join(f"{q.doc_id}: {q.reason}" for q in manifest.quarantine[:5])
+                + f". The other files were committed (chunk table version {manifest.chunk_table_version}); "
+                "fix or remove the quarantined ones and rerun"
             )
     except Exception as e:
         manifest.status, manifest.error = "failed", redacted(f"{type(e).__name__}: {e}", settings.store_options())
+        manifest.failed_stage = timer.failed or ("strict" if isinstance(e, IngestFailed) else None)
         raise
     finally:
         manifest.finished_at = datetime.now(timezone.utc)
@@ -164,6 +177,7 @@ def ingest(
 
 def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, timer: steps.Timer, lock: WriterLock) -> None:
     source_root, counts = str(root), manifest.counts
+    policy = steps.access_policy(settings)  # before any work: a policy that cannot be applied stops the run
     with timer("load_models"):
         embedder = load_embedder_for(settings)
         store = ChunkStore(settings.store_uri, settings.store.table, storage_options=settings.store_options())
@@ -193,6 +207,7 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
                     results += parse_and_chunk(todo.to_parse[start : start + PARSE_GROUP], embedder, settings, advance)
             else:
                 results = _parsed_on(engine, todo.to_parse, settings, advance)
+        steps.apply_access(results, policy)
         good = [r for r in results if r.ok]
         steps.tally(results, previous, manifest)
 
@@ -206,16 +221,24 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
             else:
                 counts.chunks_embedded = _embedded_on(engine, vectors, store, settings)
 
+    withdrawn = steps.stale_access(results, previous, store, source_root, policy)
+    for doc_id in withdrawn:  # the ledger then counts no chunks for them
+        previous[doc_id] = {**previous[doc_id], "chunk_count": 0}
+
     with timer("validate"):
-        chunks = steps.chunk_rows(good, vectors, embedder, source_root, pipeline, settings.ingest.access_groups)
+        chunks = steps.chunk_rows(good, vectors, embedder, source_root, pipeline)
         documents = steps.ledger_rows(results, todo.touched, previous, source_root, pipeline)
         manifest.validation = validate_contracts(chunks, documents, embedder.dimension, embedder.max_tokens)
 
     with timer("write"):
         # Documents whose chunks this run replaces: re-ingested ones and deleted ones. A changed file
-        # that is now quarantined is left out, so its last good chunks stay searchable.
-        replaced = sorted({r.file.doc_id for r in good} | set(todo.deleted))
+        # that is now quarantined is left out, so its last good chunks stay searchable, unless those
+        # chunks carry groups the access policy no longer gives them (withdrawn).
+        replaced = sorted({r.file.doc_id for r in good} | set(todo.deleted) | set(withdrawn))
         lock.check()  # a run that lost its writer lease stops here, before writing over the new holder
+        # Mark the replaced documents first: a run stopped between the two commits below re-parses them.
+        write_ledger(store, steps.pending_ledger_rows(previous, replaced), source_root, [])
+        lock.check()
         manifest.chunk_table_version = write_chunks(store, chunks, source_root, replaced)
         lock.check()
         manifest.ledger_version = write_ledger(store, documents, source_root, todo.deleted)

@@ -21,23 +21,26 @@ from prefect.cache_policies import NO_CACHE
 from flows.dataset import build_dataset
 from flows.events import emit, events_markdown
 from tasks import dataset as datasets
-from tasks import events
+from tasks import events, faults
 from tasks import retrain as steps
 from tasks.config import Settings, load_settings
 from tasks.progress import progress_bar
-from tasks.registry import Registry
+from tasks.registry import Registry, RegistryError
 from tasks.report import retrain_markdown
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="plan-training", **_TASK)
+@task(name="plan-training", retries=3, retry_delay_seconds=1, retry_condition_fn=faults.retry_unless(RegistryError), **_TASK)
 def plan_training(registry: Registry, settings: Settings, dataset: datasets.SavedDataset, force: bool) -> steps.TrainPlan:
+    faults.maybe_fail("plan-training")
     return steps.plan(registry, settings, dataset, force)
 
 
+# No retries: a failure after registration would register the adapter twice; a rerun resumes from the checkpoint.
 @task(name="train-adapter", **_TASK)
 def train_adapter(registry: Registry, settings: Settings, dataset: datasets.SavedDataset, key: str, max_steps: int | None) -> dict[str, Any]:
+    faults.maybe_fail("train-adapter")
     total = max_steps or settings.training.max_steps or 0
     with progress_bar("training", total, unit="steps") as advance:
         adapter = steps.train_candidate(registry, settings, dataset, key, max_steps=max_steps, on_step=lambda _: advance(1))

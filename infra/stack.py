@@ -275,6 +275,42 @@ def _spawn(cmd: list[str], env: dict[str, str], log_file: Path) -> int:
     return p.pid
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), from /proc's parent links."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _stop_tree(pid: int, log: Any = print) -> None:
+    """Stop `pid`'s process group and every descendant's own group. Prefect's process worker starts
+    each flow run in a new session, so stopping the worker's group alone would orphan a running flow."""
+    below = _descendants(pid)
+    groups = {g for g in (_pgid(p) for p in below) if g is not None and g != pid}
+    if groups:
+        log(f"  also stopping {len(groups)} process group(s) it started (flow runs in progress show as crashed; a rerun resumes)")
+    _stop(pid)
+    for group in groups:
+        _stop(group)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def _stop(pid: int, timeout_s: float = 20.0) -> None:
     if not _alive(pid):
         return
@@ -476,7 +512,7 @@ def down(cfg: StackConfig, log: Any = print) -> None:
             log(f"{name} (pid {state.pids[name]}) is no longer running")
             continue
         log(f"stopping {name} (pid {state.pids[name]})")
-        _stop(state.pids[name])
+        _stop_tree(state.pids[name], log)
     if state.postgres_dir:
         log(f"stopping PostgreSQL ({state.postgres_dir})")
         stop_postgres(Path(state.postgres_dir))

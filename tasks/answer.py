@@ -186,7 +186,8 @@ class Answerer:
         if self.scorer is None or not items:
             scored: list[list[SentenceSupport]] = [[] for _ in items]
         elif hasattr(self.scorer, "score_many"):
-            scored = self.scorer.score_many(items)
+            # The question is trusted context too: a contact detail it names may be repeated.
+            scored = self.scorer.score_many(items, [pending[i].question for i in checked])
         else:  # a stand-in scorer with `score` only
             scored = [self.scorer.score(answer, sources) for answer, sources in items]
         each = (time.perf_counter() - start) / max(1, len(checked))
@@ -229,5 +230,6 @@ def _support_dict(s: SentenceSupport, sources: Sequence[Source]) -> dict[str, An
         "sentence": s.sentence,
         "score": round(s.score, 4),
         "supported": s.supported,
+        **({"untrusted": list(s.untrusted)} if getattr(s, "untrusted", ()) else {}),
         "source": sources[s.source].n if s.source is not None and s.source < len(sources) else None,
     }

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from tasks import atomic
 from tasks.metrics import QuestionResult, ScoringRules, is_correct
 
 if TYPE_CHECKING:
@@ -238,9 +238,7 @@ def save_calibration(
     calibration.key, calibration.generator, calibration.scope = key, generator, dict(scope or {})
     calibration.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(asdict(calibration), indent=2) + "\n")
     return calibration
 
 

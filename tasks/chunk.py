@@ -7,6 +7,11 @@ heading changes only that section's chunks. Each chunk carries its title/heading
 for the embedder, and the final embedded text (context + chunk + special tokens) is counted
 exactly and split again if needed: **no chunk exceeds the embedder's max sequence length**,
 which the default model would otherwise silently truncate.
+
+Chunking runs in the ingesting process, outside the parse sandbox, so its cost must follow its
+input: every step is one pass, and no tokenizer call sees more than `_TOKENIZE_CHARS` characters
+(a single call over a 1 MB paragraph cost ~150 MB; a 100 MB one would have exhausted the host).
+How much text one document may bring is bounded by the sandbox (`ParseLimits.max_chars`).
 """
 
 from __future__ import annotations
@@ -96,6 +101,14 @@ def sha256(*parts: str) -> str:
 # wrong split only moves a chunk boundary.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
 
+# Most characters one tokenizer call gets (a batch's total, or one window of a longer text). Far
+# above any chunk budget (64k characters are well over 8k word pieces), so it only bounds memory.
+_TOKENIZE_CHARS = 1 << 16
+# Characters one word piece may stand for when packing. Real word pieces are a few characters; a
+# longer span is one unknown token ([UNK]) over a run without spaces (a 9 MB "word"), which would
+# otherwise let 200 of them make one 9-million-character chunk.
+_CHARS_PER_TOKEN = 32
+
 
 @dataclass(frozen=True)
 class _Unit:
@@ -112,28 +125,56 @@ def _context(title: str, heading_path: tuple[str, ...]) -> str:
     return " > ".join(parts)
 
 
+def _count(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
+    """Word pieces per text, tokenised in batches of at most `_TOKENIZE_CHARS` characters."""
+    counts: list[int] = []
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        if batch and size + len(text) > _TOKENIZE_CHARS:
+            counts += tokenizer.count(batch)
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text)
+    return counts + tokenizer.count(batch) if batch else counts
+
+
+def _blocks(text: str, limit: int) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters, at the last whitespace where there is one."""
+    blocks, start = [], 0
+    while len(text) - start > limit:
+        cut = max(text.rfind(c, start + 1, start + limit) for c in " \n\t")
+        cut = cut if cut > start else start + limit
+        blocks.append(text[start:cut])
+        start = cut
+    blocks.append(text[start:])
+    return blocks
+
+
 def _truncate(text: str, max_tokens: int, tokenizer: Tokenizer) -> str:
     if max_tokens <= 0:
         return ""
-    spans = tokenizer.offsets(text)
+    head = text[:_TOKENIZE_CHARS]  # a longer heading path is cut anyway: never tokenise all of it
+    spans = tokenizer.offsets(head)
     if len(spans) <= max_tokens:
-        return text
-    return text[: spans[max_tokens - 1][1]].rstrip() + " …"
+        return text if len(head) == len(text) else head.rstrip() + " …"
+    return head[: spans[max_tokens - 1][1]].rstrip() + " …"
 
 
 def _windows(text: str, budget: int, tokenizer: Tokenizer) -> list[str]:
     """Cut `text` into pieces of at most `budget` word pieces, at word-piece boundaries."""
-    spans = tokenizer.offsets(text)
     pieces = []
-    for start in range(0, len(spans), budget):
-        lo = spans[start][0] if start else 0
-        hi = spans[start + budget][0] if start + budget < len(spans) else len(text)
-        pieces.append(text[lo:hi].strip())
+    for block in _blocks(text, _TOKENIZE_CHARS):
+        spans = tokenizer.offsets(block)
+        for start in range(0, len(spans), budget):
+            lo = spans[start][0] if start else 0
+            hi = spans[start + budget][0] if start + budget < len(spans) else len(block)
+            pieces += _blocks(block[lo:hi].strip(), budget * _CHARS_PER_TOKEN)
     return [p for p in pieces if p]
 
 
-def _split(text: str, budget: int, tokenizer: Tokenizer) -> list[tuple[str, str]]:
-    """(separator, piece) pairs of at most `budget` tokens: paragraphs, lines, sentences, windows."""
+def _split(text: str, budget: int, tokenizer: Tokenizer) -> list[tuple[str, str, int]]:
+    """(separator, piece, word pieces) of at most `budget` tokens: paragraphs, lines, sentences, windows."""
     levels: list[tuple[str, re.Pattern[str] | None]] = [
         ("\n\n", re.compile(r"\n\s*\n")),
         ("\n", re.compile(r"\n")),
@@ -141,21 +182,34 @@ def _split(text: str, budget: int, tokenizer: Tokenizer) -> list[tuple[str, str]
         (" ", None),
     ]
 
-    def recurse(piece: str, level: int) -> list[tuple[str, str]]:
+    def recurse(piece: str, level: int) -> list[tuple[str, str, int]]:
         sep, pattern = levels[level]
-        parts = [p.strip() for p in pattern.split(piece)] if pattern else _windows(piece, budget, tokenizer)
-        parts = [p for p in parts if p]
-        out: list[tuple[str, str]] = []
-        counts = tokenizer.count(parts)
-        for part, n in zip(parts, counts):
-            if n <= budget or pattern is None:
-                out.append((sep, part))
+        if pattern is None:
+            windows = _windows(piece, budget, tokenizer)
+            return [(sep, w, n) for w, n in zip(windows, _count(tokenizer, windows))]
+        parts = [p for p in (p.strip() for p in pattern.split(piece)) if p]
+        # A part longer than one tokenizer call is over any budget: split it further uncounted.
+        counts = iter(_count(tokenizer, [p for p in parts if len(p) <= _TOKENIZE_CHARS]))
+        out: list[tuple[str, str, int]] = []
+        for part in parts:
+            n = next(counts) if len(part) <= _TOKENIZE_CHARS else budget + 1
+            if n <= budget:
+                out.append((sep, part, n))
             else:
                 sub = recurse(part, level + 1)
-                out.extend([(sep, sub[0][1]), *sub[1:]] if sub else [])
+                if sub:
+                    out.append((sep, *sub[0][1:]))
+                    out.extend(sub[1:])
         return out
 
     return recurse(text, 0)
+
+
+def _cost(unit: _Unit) -> int:
+    """What a unit costs when packing: its word pieces, at least one (units the tokenizer reads as
+    nothing, a line of combining marks, would otherwise pile up without bound and be carried into
+    every chunk), and at least one per `_CHARS_PER_TOKEN` characters (runs of unknown tokens)."""
+    return max(1, unit.tokens, -(-len(unit.text) // _CHARS_PER_TOKEN))
 
 
 def _pack(units: list[_Unit], budget: int, overlap: int) -> list[list[_Unit]]:
@@ -163,19 +217,21 @@ def _pack(units: list[_Unit], budget: int, overlap: int) -> list[list[_Unit]]:
     current: list[_Unit] = []
     size = 0
     for unit in units:
-        if current and size + unit.tokens > budget:
+        cost = _cost(unit)
+        if current and size + cost > budget:
             chunks.append(current)
             # Carry trailing units (up to `overlap` tokens) into the next chunk for context.
             carry: list[_Unit] = []
             carried = 0
-            for prev in reversed(current[1:] if len(current) > 1 else []):
-                if carried + prev.tokens > overlap or carried + prev.tokens + unit.tokens > budget:
+            for prev in reversed(current[1:]):
+                prev_cost = _cost(prev)
+                if carried + prev_cost > overlap or carried + prev_cost + cost > budget:
                     break
-                carry.insert(0, prev)
-                carried += prev.tokens
-            current, size = carry, carried
+                carry.append(prev)
+                carried += prev_cost
+            current, size = carry[::-1], carried
         current.append(unit)
-        size += unit.tokens
+        size += cost
     if current:
         chunks.append(current)
     return chunks
@@ -205,26 +261,32 @@ def chunk_section(
             f"or use an embedder with a longer max sequence length than {max_tokens}"
         )
     budget = min(size, limit)
-    pieces = _split(section.text, budget, tokenizer)
-    counts = tokenizer.count([p for _, p in pieces])
-    units = [_Unit(text=p, sep=s, tokens=n) for (s, p), n in zip(pieces, counts)]
+    units = [_Unit(text=p, sep=s, tokens=n) for s, p, n in _split(section.text, budget, tokenizer)]
     out: list[tuple[str, str, int]] = []
-    pending = _pack(units, budget, min(overlap, budget // 2))
+    # A stack (next group last), checked in batches: popping from the front was quadratic.
+    pending = [(group, budget) for group in reversed(_pack(units, budget, min(overlap, budget // 2)))]
     while pending:
-        group = pending.pop(0)
-        text = _join(group)
-        total = tokenizer.count([embed_text(context, text)])[0] + tokenizer.special_tokens
-        if total <= max_tokens:
-            out.append((context, text, total))
-        elif len(group) > 1:
-            # Joining can tokenise differently from the parts (rare, BPE models): split and recheck.
-            half = len(group) // 2
-            pending[:0] = [group[:half], group[half:]]
-        else:
-            # One unit still too long with its context: cut it into smaller windows; the budget keeps
-            # shrinking until every window fits.
-            budget = max(1, budget - (total - max_tokens) - 1)
-            pending[:0] = [[_Unit(p, group[0].sep, 0)] for p in _windows(text, budget, tokenizer)]
+        batch = [pending.pop() for _ in range(min(len(pending), 256))]
+        texts = [_join(group) for group, _ in batch]
+        totals = _count(tokenizer, [embed_text(context, t) for t in texts])
+        for i, ((group, group_budget), text, n) in enumerate(zip(batch, texts, totals)):
+            total = n + tokenizer.special_tokens
+            if total <= max_tokens:
+                out.append((context, text, total))
+                continue
+            # Rare: re-split this group; the rest of the batch waits until its pieces are placed.
+            pending.extend(reversed(batch[i + 1 :]))
+            if len(group) > 1:
+                # Joining can tokenise differently from the parts (BPE models): split and recheck.
+                half = len(group) // 2
+                pending += [(group[half:], group_budget), (group[:half], group_budget)]
+            else:
+                # One unit still too long with its context: cut it into smaller windows; the budget
+                # keeps shrinking until every window fits.
+                smaller = max(1, group_budget - (total - max_tokens) - 1)
+                pieces = _windows(text, smaller, tokenizer)
+                pending += [([_Unit(p, group[0].sep, 0)], smaller) for p in reversed(pieces)]
+            break
     return out
 
 

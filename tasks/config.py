@@ -103,12 +103,22 @@ class IngestSettings(BaseModel):
     parse_timeout_s: float = Field(60.0, gt=0)
     parse_memory_mb: int = Field(2048, ge=256)
     max_file_mb: float = Field(100.0, gt=0)
+    max_text_chars: int = Field(
+        10_000_000, ge=10_000, description="Most characters of text one document may yield (~5,000 pages); "
+        "more is quarantined as too_much_text, since chunking and embedding run outside the parse sandbox."
+    )
     parse_workers: int = Field(1, ge=1, le=64)
     pdf_password: SecretStr | None = None
     access_groups: dict[str, list[str]] = Field(
         default_factory=dict,
         description='Path glob -> groups allowed to read matching documents, e.g. {"hr/**": ["hr"]}. '
-        "Documents matching no glob are readable by everyone.",
+        "Relative globs match the document's real path relative to `ingest.access_root`; absolute globs "
+        "(/srv/share/hr/**) match the real path itself. Documents matching no glob are readable by everyone.",
+    )
+    access_root: Path | None = Field(
+        None,
+        description="The folder relative `access_groups` globs are anchored at (e.g. the share's top). Required when "
+        "a relative glob is set, so a document's groups never depend on which folder was passed to `ingest`.",
     )
 
 
@@ -153,6 +163,11 @@ class DatasetSettings(BaseModel):
         None, description="JSONL of question -> answer(s) for retrieval-aware (RAFT) examples, e.g. an FAQ."
     )
     qa_split: str | None = Field("train", description="Use only qa_pairs rows with this `split` (null = all rows).")
+    groups: list[str] = Field(
+        default_factory=list,
+        description="Access groups whose chunks RAFT rows may use (default: public chunks only). An adapter trained on "
+        "them is then served only to callers who may read every chunk it saw.",
+    )
     eval_sets: list[Path] = Field(
         default_factory=list, description="Evaluation JSONL files no training question may (nearly) repeat."
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -39,13 +38,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from data_contracts.schemas import ROLES, TRAINING_COLUMNS, training_schema
+from data_contracts.schemas import PUBLIC_GROUP, ROLES, TRAINING_COLUMNS, training_schema
 from data_contracts.suites import training_row_suite, training_set_suite
-from tasks import pii
+from tasks import atomic, pii
 from tasks.config import DatasetSettings
 from tasks.metrics import contains_gold
 from tasks.jsonl import jsonl_rows
-from tasks.generate import ABSTAIN, SYSTEM_BASE, pack_sources, rag_messages
+from tasks.generate import ABSTAIN, ChatGuard, base_messages, pack_sources, rag_messages
 from tasks.retrieve import Hit, Retriever, SearchFilters
 from tasks.validate import ContractViolation, ValidationReport, validate
 
@@ -157,6 +156,11 @@ def mentions(text: str, answer: str) -> bool:
     return contains_gold(text, [answer]) > 0
 
 
+def readers(groups: Sequence[str]) -> str:
+    """A chunk's reader list as one string ("finance,hr"; "*" = everyone)."""
+    return ",".join(sorted(set(groups) or {PUBLIC_GROUP}))
+
+
 def _rank_key(seed: int, *parts: str) -> str:
     return hashlib.sha256("\x1f".join([str(seed), *parts]).encode()).hexdigest()
 
@@ -226,13 +230,14 @@ def raft_examples(
             oracle_chunk_id=oracle.chunk_id if has_oracle and oracle else None,
             oracle_text=oracle.text if has_oracle and oracle else None,
             distractor_chunk_ids=[s.hit.chunk_id for s in sources if oracle is None or s.hit.chunk_id != oracle.chunk_id],
+            # The oracle counts even when packing left it out: its text is kept in the row.
+            source_readers=sorted({readers(s.hit.groups) for s in sources} | ({readers(oracle.groups)} if oracle else set())),
             table_version=table_version,
         )
         rows.append(raft)
         if settings.closed_book and gold:
             answer = gold if gold.endswith((".", "!", "?")) else gold + "."
-            book = [{"role": "system", "content": SYSTEM_BASE}, {"role": "user", "content": pair.question},
-                    {"role": "assistant", "content": answer}]
+            book = base_messages(pair.question) + [{"role": "assistant", "content": answer}]
             rows.append(_row("closed_book", pair.origin, book, pair.question, group_key=pair.group))
     return rows, rejects
 
@@ -260,8 +265,13 @@ def roles_ok(messages: Messages) -> bool:
     )
 
 
+# Text columns besides the turns: they are saved too, so they are counted and redacted like them.
+PII_COLUMNS = ("question", "answer", "gold_answer", "oracle_text")
+
+
 def apply_pii_policy(row: dict[str, Any], policy: str, allow: Sequence[str] = ()) -> None:
-    """Count personal data in the row; with `redact`, replace it in every turn."""
+    """Count personal data in the row's turns; with `redact`, replace it in every turn and every other
+    text column; `pii_remaining` counts what is left anywhere in the row (the contract rejects it)."""
     found = 0
     redacted = []
     for m in row["messages"]:
@@ -269,11 +279,13 @@ def apply_pii_policy(row: dict[str, Any], policy: str, allow: Sequence[str] = ()
         found += sum(kinds.values())
         redacted.append({"role": m["role"], "content": text})
     row["pii_found"] = found
-    if policy == "redact" and found:
+    if policy == "redact":
         row["messages"] = redacted
-        row["question"] = pii.redact(row["question"], allow)[0]
-        row["answer"] = redacted[-1]["content"] if redacted else ""
-    row["pii_remaining"] = sum(pii.count(m["content"], allow) for m in row["messages"])
+        for column in PII_COLUMNS:
+            if row.get(column):
+                row[column] = pii.redact(row[column], allow)[0]
+    texts = [m["content"] for m in row["messages"]] + [row[c] for c in PII_COLUMNS if row.get(c)]
+    row["pii_remaining"] = sum(pii.count(t, allow) for t in texts)
 
 
 def add_contract_columns(
@@ -333,6 +345,13 @@ class DatasetBuild:
         for r in sorted(self.rows, key=lambda r: (r["split"], r["example_id"])):
             h.update(f"{r['split']}\x1f{r['example_id']}\n".encode())
         return h.hexdigest()
+
+    def access(self) -> dict[str, list[Any]]:
+        """Who may read what the rows were built from: `readers`, the distinct reader lists of the
+        chunks (a caller must share one group of each, or it is public), and `groups`, the audit list
+        of every group seen. Instruction rows are the operator's own files and add nothing."""
+        lists = sorted({entry for r in self.rows for entry in (r.get("source_readers") or [])})
+        return {"readers": [entry.split(",") for entry in lists], "groups": sorted({g for e in lists for g in e.split(",")})}
 
     def counts(self) -> dict[str, Any]:
         return {
@@ -429,6 +448,7 @@ def save(build: DatasetBuild, datasets_dir: Path, extra: dict[str, Any] | None =
             "sources": build.sources,
             "table_version": build.table_version,
             "contract": build.report.as_dict(),
+            "access": build.access(),
             **(extra or {}),
         }
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -439,17 +459,26 @@ def save(build: DatasetBuild, datasets_dir: Path, extra: dict[str, Any] | None =
     return target
 
 
+# What a reject keeps of its row: numbers and flags, never text (a row rejected for PII holds it).
+REJECT_FIELDS = ("kind", "n_tokens", "pii_found", "eval_similarity", "duplicate_of", "oracle_supported")
+
+
+def reject_record(r: Reject) -> dict[str, Any]:
+    """A rejected row as saved: its origin, the rules it broke, a hash of its content, no text."""
+    digest = hashlib.sha256(json.dumps(r.row, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    kept = {k: r.row[k] for k in REJECT_FIELDS if r.row.get(k) is not None}
+    return {"origin": r.origin, "reasons": r.reasons, "row_sha256": digest, **kept}
+
+
 def write_rejects(rejects: Sequence[Reject], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for r in rejects:
-            f.write(json.dumps({"origin": r.origin, "reasons": r.reasons, "row": r.row}, ensure_ascii=False, default=str) + "\n")
+            f.write(json.dumps(reject_record(r), ensure_ascii=False, default=str) + "\n")
 
 
 def _set_latest(datasets_dir: Path, name: str) -> None:
-    tmp = datasets_dir / ".LATEST.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, datasets_dir / "LATEST")
+    atomic.write_text(datasets_dir / "LATEST", name + "\n")
 
 
 def latest(datasets_dir: Path) -> Path | None:
@@ -490,9 +519,10 @@ def load(path: Path) -> SavedDataset:
 def chat_token_counter(tokenizer: Any) -> Callable[[Messages], int]:
     """Tokens of a conversation rendered with the generator's chat template (as the recipe tokenises it)."""
 
+    guard = ChatGuard(tokenizer)  # untrusted text is neutralised before tokenising, as in training
+
     def count(messages: Messages) -> int:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(guard.ids(messages, generation_prompt=False))
 
     return count
 
@@ -527,8 +557,9 @@ def build(settings: Any, table: str | None = None) -> DatasetBuild:
             settings.generator.context_tokens,
             d,
             k=settings.retrieval.k,
-            # Only what the configured caller may read: an adapter must not memorise restricted documents.
-            filters=search_filters(settings),
+            # Only the groups the dataset is configured for (default: public chunks): an adapter must not
+            # memorise restricted documents for callers who may not read them (see `DatasetBuild.access`).
+            filters=search_filters(settings, d.groups),
             table_version=version,
         )
         rows += found

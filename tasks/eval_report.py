@@ -438,9 +438,9 @@ def _overview_blocks(run: EvalRun) -> list[_Block]:
             adapter = [("code", a.adapter), f" ({a.adapter_role})" if a.adapter_role else ""]
             training = _duration(a.train_wall_s) if a.train_wall_s is not None else "unknown"
         rows.append([[("b", a.name)], a.kind, adapter, "yes" if a.retrieval else "no", str(a.questions),
-                     _duration(a.wall_s), f"{a.questions_per_min:.1f}", training])  # fmt: skip
-    header = ["Arm", "Kind", "Adapter", "Retrieval", "Questions", "Wall time", "Questions/min", "Adapter training"]
-    return [_Table(header, rows, "llllrrrr")]
+                     _duration(a.wall_s), f"{a.questions_per_min:.1f}", training, a.served_to or "–"])  # fmt: skip
+    header = ["Arm", "Kind", "Adapter", "Retrieval", "Questions", "Wall time", "Questions/min", "Adapter training", "Adapter served to"]
+    return [_Table(header, rows, "llllrrrrl")]
 
 
 # --- the gate ------------------------------------------------------------------------------------

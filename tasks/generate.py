@@ -1,8 +1,13 @@
 """Prompting and batched generation with a chat causal LM (the packaged SmolLM2 by default).
 
-Retrieved text is data, not instructions: sources sit inside `<source>` tags that their own text
-cannot close or open (tag-like sequences in documents are neutralised), and the system prompt
-says instructions inside sources must be ignored. Generation is greedy (deterministic).
+Retrieved text and questions are data, not instructions:
+- sources sit inside `<source>` tags that their own text cannot close or open, and the system prompt
+  says instructions inside sources must be ignored;
+- sentences that address the model ("ignore previous instructions", in English, German, French and
+  Spanish) and chat turns spelled out with control tokens are withheld from titles, headings and text;
+- no untrusted text can tokenize to a control token: `neutralise` defuses the chat-control tokens of
+  common templates, and `ChatGuard` those of the tokenizer in use, for generation and for training.
+Generation is greedy (deterministic).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,22 +34,64 @@ SYSTEM_BASE = "You are a helpful assistant. Answer in one or two short sentences
 
 _TAG = re.compile(r"<\s*/?\s*(sources?|question|system|user|assistant)\b", re.IGNORECASE)
 
+# Chat-control tokens of common templates, defused even where no tokenizer is at hand (building
+# prompts and dataset rows): ChatML / Llama 3 / Phi `<|im_start|>`, DeepSeek `<｜User｜>`, Llama 2 /
+# Mistral `<s>` `[INST]` `<<SYS>>`, Gemma `<start_of_turn>`. `ChatGuard` adds the tokenizer's own.
+_CONTROL = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>|<｜[^<>｜\s]{1,64}｜>"
+    r"|</?s>|<(?:bos|eos)>|</?(?:start|end)_of_turn>"
+    r"|<</?SYS>>|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]"
+)
+_LOOKALIKE = {"<": "‹", "[": "⁅"}  # no Unicode normalisation maps these back
+
+
+def _defuse(m: re.Match[str]) -> str:
+    """The token with its first character swapped for a look-alike: readable, but no longer the token."""
+    token = m.group(0)
+    return _LOOKALIKE.get(token[0], "\ufffd") + token[1:]
+
+
+# A chat turn spelled out in a document is an instruction by construction: it is withheld from its
+# first control token to the end of the paragraph (closing tokens don't end it: in Llama 2's format
+# the fake assistant answer follows `[/INST]`).
+_FAKE_TURN = re.compile(rf"(?:{_CONTROL.pattern}).*?(?=\n[ \t]*\n|\Z)", re.DOTALL)
+# Sentences end at . ! ? followed by whitespace: dots in links and numbers don't end them.
+_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?](?=\S))+[.!?]*")
 # Sentences in documents that address the model rather than the reader. Delimiting alone does not
 # stop a 135M model from obeying them, so they are withheld from the prompt (and counted).
 _INJECTION = re.compile(
-    r"[^.!?\n]*\b("
-    r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)"
+    r"\b(?:ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)"
     r"|disregard (?:all |any )?(?:the )?(?:previous|prior|above|system) (?:instructions|prompts?)"
-    r"|you are now\b|new instructions?:|system prompt|reply only with|respond only with|as an ai (?:language )?model"
-    r")[^.!?\n]*[.!?]?",
+    r"|you are now\b|new instructions?:|system prompt|(?:reply|respond|answer) only with|as an ai (?:language )?model"
+    r"|(?:in|to|into|at the end of|end) (?:your|each|every|all) answers?\b"  # payloads for the answer: links, numbers
+    # German, French, Spanish
+    r"|ignorier(?:e|en)? (?:alle |sämtliche )?(?:die )?(?:vorherigen|bisherigen|obigen|vorigen|früheren) "
+    r"(?:Anweisungen|Instruktionen|Befehle)"
+    r"|vergiss (?:alle |die )?(?:vorherigen |bisherigen |obigen )?(?:Anweisungen|Instruktionen)"
+    r"|antworte (?:nur|ausschließlich) mit"
+    r"|ignore[zr]? (?:toutes |tous )?(?:les )?(?:instructions|consignes) (?:précédentes|ci-dessus|antérieures)"
+    r"|oublie[zr]? (?:toutes )?(?:les )?(?:instructions|consignes)|répond(?:s|ez|re) uniquement"
+    r"|ignora(?:r)? (?:todas )?(?:las )?instrucciones (?:anteriores|previas)|responde (?:solo|solamente|únicamente) con"
+    r")",
     re.IGNORECASE,
 )
 WITHHELD = "[instruction-like text withheld]"
 
 
 def withhold_injections(text: str) -> tuple[str, int]:
-    """Replace sentences that try to instruct the model; returns the text and how many were withheld."""
-    return _INJECTION.subn(WITHHELD, text)
+    """Replace spelled-out chat turns and sentences that try to instruct the model; returns the text
+    and how many were withheld."""
+    text, turns = _FAKE_TURN.subn(WITHHELD, text)
+    withheld = 0
+
+    def sentence(m: re.Match[str]) -> str:
+        nonlocal withheld
+        if not _INJECTION.search(m.group(0)):
+            return m.group(0)
+        withheld += 1
+        return WITHHELD
+
+    return _SENTENCE.sub(sentence, text), turns + withheld
 
 
 @dataclass
@@ -56,17 +103,23 @@ class Source:
     text: str
 
     def label(self) -> str:
-        where = [self.hit.title]
+        """Title, page and heading path, each withheld and neutralised alone: they are document text too."""
+
+        def clean(part: str) -> str:
+            return neutralise(withhold_injections(part)[0])
+
+        where = [clean(self.hit.title)]
         if self.hit.page:
             where.append(f"page {self.hit.page}")
         if self.hit.heading_path:
-            where.append(" > ".join(self.hit.heading_path))
+            where.append(" > ".join(clean(h) for h in self.hit.heading_path))
         return ", ".join(w for w in where if w)
 
 
-def neutralise(text: str) -> str:
-    """Stop document text from opening or closing prompt tags (`<source>` becomes `‹source>`)."""
-    return _TAG.sub(lambda m: "‹" + m.group(0)[1:], text)
+def neutralise(text: str, control: re.Pattern[str] = _CONTROL) -> str:
+    """Stop untrusted text from acting as prompt structure: `<source>` becomes `‹source>` (no tag
+    opened or closed) and `<|im_start|>` becomes `‹|im_start|>` (no longer a control token)."""
+    return control.sub(_defuse, _TAG.sub(_defuse, text))
 
 
 def pack_sources(
@@ -114,7 +167,7 @@ def _cut(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
 
 
 def _format_source(n: int, hit: Hit, text: str) -> str:
-    title = neutralise(Source(n, hit, text).label()).replace('"', "'")
+    title = Source(n, hit, text).label().replace('"', "'")
     return f'<source id="{n}" title="{title}">\n{text}\n</source>\n'
 
 
@@ -125,7 +178,78 @@ def rag_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str
 
 
 def base_messages(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM_BASE}, {"role": "user", "content": question}]
+    return [{"role": "system", "content": SYSTEM_BASE}, {"role": "user", "content": neutralise(question)}]
+
+
+class PromptGuardError(ValueError):
+    """Untrusted text reached the model as a control token: a gap in the neutralisation."""
+
+
+_MARKUP = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
+
+
+def control_tokens(tokenizer: Any) -> dict[str, int]:
+    """Every string the tokenizer reads as one control token, with its id: its special tokens, and added
+    tokens that are special or look like markup (chat fine-tunes often add `<|im_start|>` as non-special)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = {t.content: i for i, t in added.items() if t.special or _MARKUP.fullmatch(t.content)}
+    for token, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids):
+        found.setdefault(token, i)
+    return {t: i for t, i in found.items() if t.strip()}
+
+
+@functools.lru_cache(maxsize=8)
+def _control_pattern(tokens: tuple[str, ...]) -> re.Pattern[str]:
+    literal = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    return re.compile(f"{_CONTROL.pattern}|{literal}" if literal else _CONTROL.pattern)
+
+
+class ChatGuard:
+    """Renders conversations with a tokenizer's chat template so that no message content can become a
+    control token: the template is rendered to a string and tokenized with special-token parsing on,
+    so `<|im_start|>system` inside a document or question would otherwise open a real system turn.
+
+    Every non-system content is neutralised against the tokenizer's control tokens (plus the generic
+    ones); system prompts are ours and kept as written. `ids` also checks the invariant that the prompt
+    holds exactly the control tokens its template contributes, so a gap fails loudly instead of silently.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        tokens = control_tokens(tokenizer)
+        self.control_ids = frozenset(tokens.values())
+        self.pattern = _control_pattern(tuple(sorted(tokens)))
+
+    def messages(self, messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+        return [dict(m) if m["role"] == "system" else {**m, "content": self.pattern.sub(_defuse, m["content"])}
+                for m in messages]
+
+    def text(self, messages: Sequence[Mapping[str, str]], generation_prompt: bool = True) -> str:
+        return self._render(self.messages(messages), generation_prompt)
+
+    def ids(self, messages: Sequence[Mapping[str, str]], generation_prompt: bool = True) -> list[int]:
+        """The token ids of the guarded conversation, after the invariant check (`PromptGuardError`)."""
+        ids = self._tokenize(self.text(messages, generation_prompt))
+        bare = [dict(m) if m["role"] == "system" else {**m, "content": ""} for m in messages]
+        expected = self._controls(self._tokenize(self._render(bare, generation_prompt)))
+        found = self._controls(ids)
+        if found != expected:
+            raise PromptGuardError(
+                f"the prompt holds {found} control tokens where its chat template has {expected}: untrusted text "
+                "tokenized to a control token this tokenizer has but ChatGuard does not neutralise; add it to "
+                "tasks/generate.py:_CONTROL (and report it)"
+            )
+        return ids
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+
+    def _tokenize(self, text: str) -> list[int]:
+        # The template already contains the start token: no special tokens added again.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _controls(self, ids: Sequence[int]) -> int:
+        return sum(1 for i in ids if i in self.control_ids)
 
 
 @dataclass
@@ -177,12 +301,13 @@ class Generator:
         self.tokenizer.padding_side = "left"  # batched generation continues from the right edge
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.guard = ChatGuard(self.tokenizer)  # every prompt goes through it: untrusted text is never a control token
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt(self, messages: list[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.guard.text(messages)
 
     def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[Generation]:
         """One greedy completion per conversation, in the order given.
@@ -190,11 +315,9 @@ class Generator:
         Prompts are batched shortest-first, so a batch holds prompts of similar length and left
         padding stays small; answers come back in order.
         """
-        prompts = [self.prompt(m) for m in conversations]
-        # The chat template already contains the start token: no special tokens added again.
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-        out: list[Generation | None] = [None] * len(prompts)
+        ids = [self.guard.ids(m) for m in conversations]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out: list[Generation | None] = [None] * len(ids)
         eos = self.tokenizer.eos_token_id
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]

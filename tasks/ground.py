@@ -14,6 +14,11 @@ Sentences that claim nothing checkable are never reported as unsupported and don
 `answer_support`: refusals ("the documents don't say") and sentences without a content token ("Yes.",
 "That's right."), which token overlap cannot judge and which the fitted scorer flagged every time
 (all 70 bare yes/no right answers of HaluEval rows 4000–4999, before this rule), so a flag there would carry no information.
+
+A sentence with a link, e-mail address or phone number that its trusted context (the sources given,
+the question) does not contain is unsupported whatever its other words: that is how an injected
+instruction phishes through an otherwise supported answer, and token overlap would not notice a
+look-alike domain (`travel-example-corp.com` for `travel.example-corp.com`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ DEFAULT_THRESHOLD = 0.61
 NUMBER_WEIGHT = 3.0  # a wrong number or name is the typical hallucination; a wrong verb rarely is
 NAME_WEIGHT = 2.0
 
+MAX_CITED = 999  # no prompt packs more sources: a marker beyond it cites nothing
 _CITATION = re.compile(r"\s*\[(\d+(?:\s*[,;\-–]\s*\d+)*)\]")
 # A sentence ends at . ! ? (or an ellipsis), possibly followed by closing quotes/brackets and
 # citation markers, then whitespace and something that can start a sentence.
@@ -87,6 +93,19 @@ _REFUSAL = re.compile(
     r"|\bunable to (?:answer|find|determine)\b",
     re.IGNORECASE,
 )
+# Contact details a reader could act on. Bare domains only with a lower-case common or two-letter TLD
+# (not a file extension), so "v4.2", "e.g.", "EUR.It" and "Node.js" are not domains; a phone number
+# has 7 to 15 digits and a "+" or separators, and is not a date, a year range or an amount.
+_CONTACT = re.compile(
+    # Matches start only where a run of address characters starts: retrying inside a long run
+    # ("a.a.a.a...") would make the search quadratic.
+    r"(?P<email>(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
+    r"|(?P<url>\b(?:https?|ftp)://[^\s<>\"'\]\[)(]+|\bwww\.[^\s<>\"'\]\[)(]+"
+    r"|(?<![\w.-])(?:[A-Za-z0-9-]+\.)+(?:com|net|org|info|biz|io|ai|app|dev|xyz|online|site|shop"
+    r"|(?!js|ts|py|md|rs|sh|rb|cs|db|gz)[a-z]{2})\b(?:/[^\s<>\"'\]\[)(]*)?)"
+    r"|(?P<phone>(?<![\w+])(?:\+|\b)\(?\d[\d ()./-]{5,}\d\b)"
+)
+_NOT_A_PHONE = re.compile(r"\d+|\d{1,4}([./-])\d{1,2}\1\d{1,4}|\d{4}\s*[-/]\s*\d{2,4}|\d{1,3}(?:[ ,.]\d{3})+|\d+\.\d+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 _HEDGE_JOINERS = re.compile(r"\b(?:but|however|although|though|whereas)\b", re.IGNORECASE)
 
@@ -135,19 +154,68 @@ def split_sentences(text: str) -> list[str]:
     return _split(text)
 
 
-def strip_citations(sentence: str) -> tuple[str, tuple[int, ...]]:
-    """(sentence without its markers, the 0-based source indices it cites): "[1][3]" -> (0, 2), "[2-4]" -> (1, 2, 3)."""
-    cited: list[int] = []
+def strip_citations(sentence: str, available: int = MAX_CITED) -> tuple[str, tuple[int, ...]]:
+    """(sentence without its markers, the 0-based indices of the `available` sources it cites):
+    "[1][3]" -> (0, 2), "[2-4]" -> (1, 2, 3).
+
+    Markers are model output: a reference outside the sources is dropped and a range clipped to them,
+    so "[1-9999999999]" costs no more than "[1-5]".
+    """
+    cited: dict[int, None] = {}
     for m in _CITATION.finditer(sentence):
         for part in re.split(r"\s*[,;]\s*", m.group(1)):
-            if re.search(r"[\-–]", part):
-                lo, hi = (int(x) for x in re.split(r"\s*[\-–]\s*", part))
-                cited.extend(range(lo - 1, hi))
-            else:
-                cited.append(int(part) - 1)
+            bounds = [_reference(x, available) for x in re.split(r"\s*[\-–]\s*", part)]
+            cited.update(dict.fromkeys(range(max(bounds[0], 1) - 1, min(bounds[-1], available))))
     clean = _LIST_MARKER.sub("", _CITATION.sub("", sentence))  # a list number is not a claimed number
     clean = re.sub(r"\s+([.!?,;:])", r"\1", clean)  # "fact [1]." -> "fact."
-    return " ".join(clean.split()), tuple(dict.fromkeys(i for i in cited if i >= 0))
+    return " ".join(clean.split()), tuple(cited)
+
+
+def _reference(digits: str, available: int) -> int:
+    """A marker's number; one past the sources when it is longer than any source number could be
+    (and `int` of thousands of digits would raise)."""
+    return int(digits) if len(digits) <= len(str(available)) else available + 1
+
+
+def untrusted_contacts(text: str, context: str) -> list[str]:
+    """The links, e-mail addresses and phone numbers in `text` that `context` does not contain.
+
+    A link or address counts as contained when the context has it whole (case and scheme aside; a
+    link may stop at a path boundary of one in the context), a phone number when its digits equal, or
+    end, a number in the context: `travel-example-corp.com` is not `travel.example-corp.com`.
+    """
+    found = _contacts(text)
+    if not found:
+        return []
+    trusted = _contacts(context)
+    known = {c for kind, c in trusted if kind != "phone"}
+    numbers = [c for kind, c in trusted if kind == "phone"]
+    out = []
+    for kind, c in found:
+        if kind == "phone":
+            ok = any(n.endswith(c) or c.endswith(n) for n in numbers if min(len(n), len(c)) >= 7)
+        else:
+            ok = any(k == c or k.startswith(c + "/") or k.startswith(c + "?") for k in known)
+        if not ok:
+            out.append(c)
+    return out
+
+
+def _contacts(text: str) -> list[tuple[str, str]]:
+    """(kind, normalised value) of every contact detail in `text`: links lower-cased without scheme,
+    "www." and trailing punctuation; phone numbers as their digits without trunk or international zeros."""
+    out = []
+    for m in _CONTACT.finditer(text):
+        kind = m.lastgroup or ""
+        value = m.group(0)
+        if kind == "phone":
+            digits = re.sub(r"\D", "", value.replace("(0)", "")).lstrip("0")  # "+44 (0)20" == "020" == "0044 20"
+            if 7 <= len(digits) <= 15 and not _NOT_A_PHONE.fullmatch(value.strip()):
+                out.append((kind, digits))
+            continue
+        value = re.sub(r"^(?:[a-z]+://)?(?:www\.)?", "", value.lower()).rstrip(".,;:!?'\"/")
+        out.append((kind, value))
+    return out
 
 
 def source_windows(source: str) -> list[str]:
@@ -241,6 +309,7 @@ class SentenceSupport:
     citations: tuple[int, ...] = ()  # 0-based sources the sentence cited
     checkable: bool = True  # False for refusals and content-free sentences: supported, left out of `answer_support`
     refusal: bool = False  # says the sources don't answer
+    untrusted: tuple[str, ...] = ()  # contact details its trusted context lacks: the sentence is unsupported
 
 
 class GroundingScorer(Protocol):
@@ -277,33 +346,39 @@ class LexicalSemanticScorer:
         z = b + wl * np.asarray(lexical, dtype=np.float64) + ws * np.asarray(semantic, dtype=np.float64)
         return 1.0 / (1.0 + np.exp(-z))
 
-    def score(self, answer: str, sources: Sequence[str]) -> list[SentenceSupport]:
+    def score(self, answer: str, sources: Sequence[str], question: str = "") -> list[SentenceSupport]:
         """One `SentenceSupport` per answer sentence; an empty answer gives an empty list.
 
-        With no sources nothing is supported (score 0, source None), except refusals.
+        With no sources nothing is supported (score 0, source None), except refusals. A sentence with a
+        contact detail that neither the sources nor the question contain scores 0 (`untrusted`).
         """
-        return self.score_many([(answer, sources)])[0]
+        return self.score_many([(answer, sources)], [question])[0]
 
-    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[SentenceSupport]]:
-        """`score` for many (answer, sources) pairs with one embedding call for all of them.
+    def score_many(
+        self, items: Sequence[tuple[str, Sequence[str]]], questions: Sequence[str] | None = None
+    ) -> list[list[SentenceSupport]]:
+        """`score` for many (answer, sources) pairs (and their questions) with one embedding call for all.
 
         Source sentences recur across the questions of a batch and across batches (the same chunks
         are retrieved again), so their vectors are kept in a bounded cache.
         """
-        prepared = [self._prepare(answer, sources) for answer, sources in items]
+        questions = list(questions) if questions is not None else [""] * len(items)
+        prepared = [self._prepare(answer, sources, q) for (answer, sources), q in zip(items, questions, strict=True)]
         texts = list(dict.fromkeys(t for p in prepared for t in p.texts()))
         vectors = self._vectors(texts)
         return [self._judge(p, vectors) for p in prepared]
 
-    def _prepare(self, answer: str, sources: Sequence[str]) -> "_Prepared":
-        sentences = [strip_citations(s) for s in split_sentences(answer)]
+    def _prepare(self, answer: str, sources: Sequence[str], question: str = "") -> "_Prepared":
+        sources = list(sources)
+        sentences = [strip_citations(s, len(sources)) for s in split_sentences(answer)]
         sentences = [(s, c) for s, c in sentences if s]
         refusals = [is_refusal(s) for s, _ in sentences]
         tokens = [content_tokens(s, self.number_weight, self.name_weight) for s, _ in sentences]
         claims = [i for i, (r, t) in enumerate(zip(refusals, tokens)) if not r and t]
-        sources = list(sources)
+        context = "\n".join([*sources, question])
+        untrusted = [tuple(untrusted_contacts(s, context)) for s, _ in sentences]
         windows = [source_windows(s) for s in sources] if claims else [[] for _ in sources]
-        return _Prepared(sentences, refusals, tokens, claims, sources, windows)
+        return _Prepared(sentences, refusals, tokens, claims, sources, windows, untrusted)
 
     def _vectors(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         missing = [t for t in texts if t not in self._cache]
@@ -332,6 +407,9 @@ class LexicalSemanticScorer:
 
         out = []
         for i, (sentence, cited) in enumerate(p.sentences):
+            if p.untrusted[i]:  # whatever else it says: the link or number is not the sources'
+                out.append(SentenceSupport(sentence, 0.0, False, None, 0.0, 0.0, cited, True, p.refusals[i], p.untrusted[i]))
+                continue
             if p.refusals[i] or not p.tokens[i]:
                 out.append(SentenceSupport(sentence, 1.0, True, None, 0.0, 0.0, cited, False, p.refusals[i]))
                 continue
@@ -357,6 +435,7 @@ class _Prepared:
     claims: list[int]  # indices of the sentences that claim something checkable
     sources: list[str]
     windows: list[list[str]]
+    untrusted: list[tuple[str, ...]]  # per sentence: contact details the sources and question lack
 
     def texts(self) -> list[str]:
         """What needs a vector: the claim sentences and every source window."""

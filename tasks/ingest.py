@@ -16,12 +16,13 @@ import pyarrow as pa
 from data_contracts.manifest import IngestManifest, QuarantinedFile
 from data_contracts.schemas import PUBLIC_GROUP, chunk_schema, document_schema
 from tasks import parse as parse_module
+from tasks.access import AccessConflict, AccessPolicy
 from tasks.chunk import Chunk, chunk_document, chunk_ids, sha256
 from tasks.config import Settings
 from tasks.embed import Embedder, embed_in_batches
 from tasks.progress import Advance
 from tasks.sandbox import ParseLimits, parse_many
-from tasks.sources import SourceFile, matches_any
+from tasks.sources import SourceFile, attempts_note, transient_attempts
 from tasks.store import ChunkStore
 
 
@@ -38,6 +39,7 @@ class DocumentResult:
     reason: str | None = None
     detail: str | None = None
     parse_seconds: float = 0.0
+    groups: list[str] = field(default_factory=lambda: [PUBLIC_GROUP])  # set by `apply_access`
 
     @property
     def ok(self) -> bool:
@@ -51,9 +53,9 @@ def pipeline_fingerprint(settings: Settings, embedder_fingerprint: str, max_toke
         f"parser={getattr(parse_module, 'PARSER_VERSION', '1')}",
         f"chunk={settings.chunking.model_dump_json()}",
         f"embedder={embedder_fingerprint}|max={max_tokens}",
-        f"limits={ingest.parse_timeout_s}|{ingest.parse_memory_mb}|{ingest.max_file_mb}",
+        f"limits={ingest.parse_timeout_s}|{ingest.parse_memory_mb}|{ingest.max_file_mb}|{ingest.max_text_chars}",
         f"password={'set' if ingest.pdf_password else 'none'}",
-        f"groups=v2:{sorted((k, sorted(v)) for k, v in settings.ingest.access_groups.items())}",
+        f"groups={access_policy(settings).fingerprint()}",
     )[:16]
 
 
@@ -63,6 +65,7 @@ def parse_limits(settings: Settings) -> ParseLimits:
         timeout_s=ingest.parse_timeout_s,
         memory_mb=ingest.parse_memory_mb,
         max_bytes=int(ingest.max_file_mb * 2**20),
+        max_chars=ingest.max_text_chars,
         pdf_password=ingest.pdf_password.get_secret_value() if ingest.pdf_password else None,
     )
 
@@ -160,14 +163,39 @@ def keep_vectors(vectors: Vectors, store: ChunkStore, part: Sequence[str], embed
     vectors.by_hash.update(zip(part, embedded))
 
 
-def access_groups(doc_id: str, mapping: dict[str, list[str]]) -> list[str]:
-    """Groups allowed to read a document: the union over every glob that matches its path, or
-    everyone (`PUBLIC_GROUP`) when none matches."""
-    groups: set[str] = set()
-    for pattern, names in mapping.items():
-        if matches_any(doc_id, [pattern]):
-            groups.update(names)
-    return sorted(groups) or [PUBLIC_GROUP]
+def access_policy(settings: Settings) -> AccessPolicy:
+    """The configured access policy; raises `AccessError` when relative globs have no anchor."""
+    return AccessPolicy.from_settings(settings.ingest.access_groups, settings.ingest.access_root)
+
+
+def apply_access(results: Sequence[DocumentResult], policy: AccessPolicy) -> None:
+    """Give each parsed document its groups (`tasks/access.py`); a document whose names carry groups
+    with no reader in common is quarantined (`access_conflict`) rather than guessed."""
+    for r in results:
+        if not r.ok:
+            continue
+        try:
+            r.groups = policy.groups_for(r.file.path)
+        except AccessConflict as e:
+            r.reason, r.detail, r.chunks = "access_conflict", str(e), []
+
+
+def stale_access(
+    results: Sequence[DocumentResult], previous: dict[str, dict[str, Any]], store: ChunkStore, source_root: str, policy: AccessPolicy
+) -> list[str]:
+    """Quarantined documents whose last good chunks (kept searchable) carry other groups than the policy
+    now gives them: those chunks must be withdrawn, or a tightened policy would not reach them."""
+    kept = [r for r in results if not r.ok and int((previous.get(r.file.doc_id) or {}).get("chunk_count") or 0)]
+    stored = store.groups_of(source_root, [r.file.doc_id for r in kept])
+    stale = []
+    for r in kept:
+        try:
+            wanted = {tuple(policy.groups_for(r.file.path))}
+        except AccessConflict:
+            wanted = set()
+        if stored.get(r.file.doc_id, wanted) != wanted:
+            stale.append(r.file.doc_id)
+    return stale
 
 
 def _ts(ns: int) -> datetime:
@@ -180,7 +208,6 @@ def chunk_rows(
     embedder: Embedder,
     source_root: str,
     pipeline: str,
-    groups: dict[str, list[str]],
 ) -> pa.Table:
     """Arrow rows for the chunk table, in its declared schema."""
     now = datetime.now(timezone.utc)
@@ -188,7 +215,6 @@ def chunk_rows(
     for r in results:
         if not r.ok:
             continue
-        doc_groups = access_groups(r.file.doc_id, groups)
         hashes = embed_hashes(embedder, r.chunks)
         for chunk, cid, h in zip(r.chunks, chunk_ids(source_root, r.file.doc_id, r.chunks), hashes):
             columns["chunk_id"].append(cid)
@@ -205,7 +231,7 @@ def chunk_rows(
             columns["text_hash"].append(sha256(chunk.text))
             columns["embed_hash"].append(h)
             columns["pipeline"].append(pipeline)
-            columns["groups"].append(doc_groups)
+            columns["groups"].append(r.groups)
             columns["doc_modified_at"].append(_ts(r.file.mtime_ns))
             columns["ingested_at"].append(now)
             columns["vector"].append(vectors.by_hash[h])
@@ -227,12 +253,14 @@ def ledger_rows(
     """Ledger rows for every file this run looked at: parsed, quarantined, or only touched.
 
     A changed file that is now quarantined keeps its previous chunks (the last good version stays
-    searchable) and its chunk count says so.
+    searchable) and its chunk count says so. A transient quarantine records how many times in a
+    row it happened, so `tasks.sources.plan` retries it a bounded number of times.
     """
     now = datetime.now(timezone.utc)
     rows: list[dict[str, Any]] = []
     for r in results:
         prev = previous.get(r.file.doc_id) or {}
+        attempts = transient_attempts(r.reason, prev, r.content_hash, pipeline)
         rows.append(
             {
                 "doc_id": r.file.doc_id,
@@ -242,7 +270,8 @@ def ledger_rows(
                 "format": r.format if r.ok else prev.get("format"),
                 "status": "ingested" if r.ok else "quarantined",
                 "reason": r.reason,
-                "detail": r.detail,
+                "detail": (r.detail or "") + attempts_note(attempts) if attempts else r.detail,
+                "attempts": attempts,
                 "modified_at": _ts(r.file.mtime_ns),
                 "mtime_ns": r.file.mtime_ns,
                 "byte_size": r.file.size,
@@ -260,15 +289,38 @@ def ledger_rows(
     return pa.Table.from_pylist(rows, schema=document_schema())
 
 
+# The ledger's pipeline while a run replaces a document's chunks: it matches no fingerprint, so a run
+# that stops between the chunk commit and the ledger commit leaves these documents to be parsed again.
+PENDING = "pending"
+
+
+def pending_ledger_rows(previous: dict[str, dict[str, Any]], doc_ids: Sequence[str]) -> pa.Table:
+    """Ledger rows marking documents whose chunks are about to be replaced (written before the chunks).
+
+    The chunk table and the ledger are two commits. Without the mark, a crash between them leaves the
+    new chunks under the old ledger row, and a file reverted to its old content is then taken as
+    unchanged and never re-parsed: the table would keep chunks of a version that exists nowhere.
+    """
+    rows = [{**previous[d], "pipeline": PENDING} for d in doc_ids if d in previous]
+    return pa.Table.from_pylist(rows, schema=document_schema())
+
+
 def tally(results: Sequence[DocumentResult], previous: dict[str, dict[str, Any]], manifest: IngestManifest) -> None:
-    """Count parsed documents as added, updated or quarantined in the run manifest."""
+    """Count parsed documents as added, updated or quarantined in the run manifest.
+
+    A document with no chunks before (it was only ever quarantined, e.g. a retried timeout) is added.
+    """
     for r in results:
+        prev = previous.get(r.file.doc_id)
         if r.ok:
-            manifest.counts.added += r.file.doc_id not in previous
-            manifest.counts.updated += r.file.doc_id in previous
+            new = not (prev or {}).get("chunk_count")
+            manifest.counts.added += new
+            manifest.counts.updated += not new
         else:
+            attempts = transient_attempts(r.reason, prev, r.content_hash, manifest.pipeline)
+            detail = (r.detail or "") + attempts_note(attempts) if attempts else r.detail or ""
             manifest.counts.quarantined += 1
-            manifest.quarantine.append(QuarantinedFile(doc_id=r.file.doc_id, reason=r.reason or "", detail=r.detail or ""))
+            manifest.quarantine.append(QuarantinedFile(doc_id=r.file.doc_id, reason=r.reason or "", detail=detail))
 
 
 class Timer:
@@ -276,6 +328,7 @@ class Timer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.failed: str | None = None  # the stage an exception left through
 
     def __call__(self, stage: str) -> "_Stage":
         return _Stage(self, stage)
@@ -288,5 +341,7 @@ class _Stage:
     def __enter__(self) -> None:
         self.start = time.perf_counter()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.timer.seconds[self.stage] = self.timer.seconds.get(self.stage, 0.0) + time.perf_counter() - self.start
+        if exc_type is not None and self.timer.failed is None:
+            self.timer.failed = self.stage

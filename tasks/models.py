@@ -269,3 +269,9 @@ def generator_fingerprint(model: str, models_dir: Path) -> str:
     if path.exists():
         return f"path:{path.resolve()}#{_dir_fingerprint(path)}"
     return f"hub:{model}"
+
+
+def forget_loaded_models() -> None:
+    """Drop every model this process keeps loaded, so the next load is cold (benchmarks, long workers)."""
+    for cached in (_sentence_transformer, _causal_lm, _causal_tokenizer):
+        cached.cache_clear()

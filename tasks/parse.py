@@ -93,9 +93,10 @@ def parse_document(
     """Parse one file by its extension, verified by content; raise QuarantineError for bad input.
 
     Checks run cheapest first: extension, size (``stat``, before reading anything), emptiness,
-    then the format's magic bytes, then the format parser.  Any unexpected exception from a parser
-    library is reported as ``unreadable`` (the library choked on the file); ``MemoryError`` is left
-    to propagate so the sandbox can report it as ``memory_limit``.
+    then the format's magic bytes, then the format parser.  An unexpected exception raised inside a
+    parser library is reported as ``unreadable`` (the library choked on the file); one raised by this
+    module's own code is ``parser_error`` (a bug here, not evidence against the file).
+    ``MemoryError`` is left to propagate so the sandbox can report it as ``memory_limit``.
     """
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
@@ -134,7 +135,16 @@ def parse_document(
         raise
     except RecursionError as exc:
         raise QuarantineError("unreadable", f"{fmt} structure is nested too deeply to parse; simplify or re-export the file") from exc
-    except Exception as exc:  # a parser library choked on malformed input
+    except Exception as exc:
+        where = _raised_here(exc)
+        if where:
+            raise QuarantineError(
+                "parser_error",
+                f"ragtune's {fmt} parser failed ({type(exc).__name__}: {exc}, at {where}); this is a bug in ragtune, "
+                "not necessarily in the file: report it with the file. It is parsed again when the parser changes "
+                "(PARSER_VERSION) or with ingest --force",
+            ) from exc
+        # A parser library choked on malformed input.
         raise QuarantineError(
             "unreadable",
             f"the {fmt} parser failed ({type(exc).__name__}: {exc}); the file is probably corrupt: "
@@ -143,6 +153,17 @@ def parse_document(
 
 
 # --------------------------------------------------------------------------- shared helpers
+
+
+def _raised_here(exc: BaseException) -> str | None:
+    """``parse.py:<line> in <function>`` when the innermost frame of `exc` is this module's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or tb.tb_frame.f_code.co_filename != __file__:
+        return None
+    return f"parse.py:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
+
 
 # Control characters other than tab/newline carry no text and make lxml refuse input; U+FFFE/FFFF
 # are non-characters PDFium emits for unmapped glyphs; soft hyphens and zero-width spaces are invisible.

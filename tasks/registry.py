@@ -3,7 +3,8 @@
 Layout under `<home>/adapters/`:
     <name>/                 a peft adapter directory (adapter_config.json, adapter_model.safetensors)
       metadata.json         written once at registration: base model, dataset hash and size, chunk-table
-                            version, hyper-parameters, losses, wall time, tokens/s, created at, code version
+                            version, access record (who may be served it), hyper-parameters, losses,
+                            wall time, tokens/s, created at, code version
       decisions.jsonl       every gate decision and promotion about this adapter, appended
     registry.json           the mutable state: champion, each adapter's status, the event history
     .work/<key>/            training work directories (checkpoints) so a crashed run resumes
@@ -16,16 +17,17 @@ All writes go through one lock and an atomic replace, so a failed run never leav
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from contextlib import contextmanager
 
+from data_contracts.schemas import PUBLIC_GROUP
+from tasks import atomic
 from tasks.store import writer_lock
 
 REGISTRY_FILE = "registry.json"
@@ -38,6 +40,10 @@ class AdapterNotFound(Exception):
 
 class RegistryError(Exception):
     """The registry cannot do what was asked; the message says why."""
+
+
+class StaleVerdict(RegistryError):
+    """A gate verdict about a champion that is no longer the champion."""
 
 
 def now() -> str:
@@ -77,6 +83,39 @@ class Adapter:
         return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
 
 
+def adapter_access(adapter_dir: Path) -> dict[str, Any] | None:
+    """The access record of an adapter directory (`metadata.json`), or None when it has none."""
+    meta = adapter_dir / "metadata.json"
+    access = json.loads(meta.read_text()).get("access") if meta.is_file() else None
+    return access if isinstance(access, dict) and isinstance(access.get("readers"), list) else None
+
+
+def served_to(access: dict[str, Any] | None) -> str:
+    """Who an adapter with this access record may be served to, in words for the report."""
+    if not isinstance(access, dict) or not isinstance(access.get("readers"), list):
+        return "no one (no access record)"
+    needed = [r for r in access["readers"] if PUBLIC_GROUP not in r]
+    return "everyone" if not needed else "callers in " + " and ".join("/".join(r) for r in needed)
+
+
+def withheld_for(adapter_dir: Path, caller_groups: Sequence[str]) -> str | None:
+    """Why a caller in `caller_groups` may not be served this adapter, or None when it may.
+
+    An adapter has seen the text of every chunk its training rows were built from, and a small model
+    can repeat it: it is served only to a caller who may read each of those chunks (shares one group
+    of each reader list, or the chunk was public). An adapter without an access record is served to no one.
+    """
+    access = adapter_access(adapter_dir)
+    if access is None:
+        return f"adapter {adapter_dir.name} has no access record (trained before ragtune kept one): retrain it"
+    mine = set(caller_groups)
+    unreadable = [r for r in access["readers"] if PUBLIC_GROUP not in r and not mine & set(r)]
+    if unreadable:
+        need = " and ".join("/".join(r) for r in unreadable)
+        return f"adapter {adapter_dir.name} was trained on chunks readable only by {need}; the caller may not read them"
+    return None
+
+
 class Registry:
     def __init__(self, root: Path, locks_dir: Path):
         self.root, self.locks_dir = Path(root), Path(locks_dir)
@@ -87,7 +126,16 @@ class Registry:
         f = self.root / REGISTRY_FILE
         if not f.is_file():
             return {"champion": None, "status": {}, "events": []}
-        return json.loads(f.read_text())
+        try:
+            state = json.loads(f.read_text())
+            if not isinstance(state, dict) or not {"champion", "status", "events"} <= set(state):
+                raise ValueError("it lacks champion/status/events")
+            return state
+        except ValueError as e:
+            backup = f.with_name(REGISTRY_FILE + ".bak")
+            back = (f"the version before the last change is {backup}: `cp {backup} {f}`" if backup.is_file()
+                    else "restore it from a backup; the adapter directories and their decisions.jsonl are intact")
+            raise RegistryError(f"the registry file {f} is corrupt ({e}); {back}") from None
 
     def adapters(self) -> list[Adapter]:
         """Every registered adapter, oldest first."""
@@ -143,9 +191,10 @@ class Registry:
             state = self._state()
             yield state
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.root / f".{REGISTRY_FILE}.tmp"
-            tmp.write_text(json.dumps(state, indent=2))
-            os.replace(tmp, self.root / REGISTRY_FILE)
+            current = self.root / REGISTRY_FILE
+            if current.is_file():  # the way back if the new version is ever damaged
+                atomic.write_text(current.with_name(REGISTRY_FILE + ".bak"), current.read_text())
+            atomic.write_text(current, json.dumps(state, indent=2))
 
     def work_dir(self, key: str) -> Path:
         """Where a training run with this key keeps its checkpoints (reused by a rerun to resume)."""
@@ -183,11 +232,20 @@ class Registry:
             state["events"].append({"at": now(), "action": "reject", "adapter": name, "reason": reason})
         self.record(name, {"action": "reject", "reason": reason, **(decision or {})})
 
-    def promote(self, name: str, reason: str, decision: dict[str, Any] | None = None) -> str | None:
-        """Make `name` the champion; returns the previous champion's name."""
+    def promote(self, name: str, reason: str, decision: dict[str, Any] | None = None, *, compared_with: str | None | object = ...) -> str | None:
+        """Make `name` the champion; returns the previous champion's name.
+
+        `compared_with`: the champion the verdict was measured against (None: no champion then). The
+        check runs under the registry lock, so a verdict is never applied to a champion it did not see.
+        """
         self.get(name)
         with self._edit() as state:
             previous = state["champion"]
+            if compared_with is not ... and previous != compared_with:
+                raise StaleVerdict(
+                    f"not promoting {name!r}: it was compared with champion {compared_with or 'none (base)'} but the champion "
+                    f"is now {previous or 'none'} (promoted meanwhile); evaluate again to compare with it"
+                )
             if previous == name:
                 raise RegistryError(f"{name!r} is already the champion")
             if previous:

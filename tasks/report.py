@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from data_contracts.manifest import IngestManifest
+from tasks import atomic
 
 
 def write_manifest(manifest: IngestManifest, runs_dir: Path) -> Path:
     """Write the manifest as JSON (atomically) and Markdown under `runs_dir`; point `latest-ingest-<table>.json` at it."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     path = runs_dir / f"ingest-{manifest.run_id}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2))
-    os.replace(tmp, path)
+    atomic.write_text(path, manifest.model_dump_json(indent=2))
     path.with_suffix(".md").write_text(ingest_markdown(manifest, path) + "\n")
     latest = runs_dir / f"latest-ingest-{manifest.table}.json"
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"manifest": path.name}))
-    os.replace(tmp, latest)
+    atomic.write_text(latest, json.dumps({"manifest": path.name}))
     return path
 
 

@@ -39,6 +39,23 @@ def search_filters(
     )
 
 
+def serving_adapter(settings: Settings, ref: str | None, groups: Sequence[str] | None = None) -> tuple[Path | None, dict[str, str | None]]:
+    """The adapter `ref` names, if the caller (`groups`, default `retrieval.groups`) may be served it.
+
+    Returns the directory (None: the base model) and what to tell the caller: `adapter` (the one used)
+    and `adapter_withheld` (why the named adapter was not used; `tasks/registry.py:withheld_for`).
+    """
+    from tasks.registry import Registry, withheld_for
+
+    path = Registry(settings.adapters_dir, settings.locks_dir).resolve(ref)
+    if path is None:
+        return None, {"adapter": None, "adapter_withheld": None}
+    reason = withheld_for(path, settings.retrieval.groups if groups is None else groups)
+    if reason:
+        return None, {"adapter": None, "adapter_withheld": reason}
+    return path, {"adapter": path.name, "adapter_withheld": None}
+
+
 def support_threshold(settings: Settings, table: str | None = None) -> float:
     """The grounding threshold answers are held to: the one the last evaluation calibrated for this
     generator, index and settings when enabled and present (`tasks/calibrate.py`), else `retrieval.min_support`."""

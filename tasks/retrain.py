@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any, Callable
 from tasks.config import Settings
 from tasks.dataset import SavedDataset
 from tasks.models import generator_fingerprint
-from tasks.registry import Adapter, Registry, code_version
+from tasks.registry import Adapter, Registry, RegistryError, code_version
+from tasks.store import StoreError, writer_lock
 
 
 @dataclass
@@ -68,6 +70,21 @@ def train_candidate(
     on_step: Callable[[Any], None] | None = None,
 ) -> Adapter:
     """Train with the recipe in the key's work directory, then register the adapter as a candidate."""
+    # One run per key at a time: a second one would share (and clean up) the first one's checkpoints.
+    with ExitStack() as held:
+        try:
+            held.enter_context(writer_lock(registry.locks_dir, f"training-{key[:16]}", wait_s=5.0))
+        except StoreError as e:
+            raise RegistryError(
+                f"another training of the same dataset, base model and recipe (key {key[:16]}) is running; "
+                "it will register the adapter, so this run stops without touching its checkpoints"
+            ) from e
+        return _train_and_register(registry, settings, dataset, key, max_steps, on_step)
+
+
+def _train_and_register(
+    registry: Registry, settings: Settings, dataset: SavedDataset, key: str, max_steps: int | None, on_step: Callable[[Any], None] | None
+) -> Adapter:
     from tasks.train import train_lora
 
     started = datetime.now(timezone.utc)
@@ -92,6 +109,9 @@ def train_candidate(
         "dataset_path": str(dataset.path),
         "dataset_size": {"train": counts.get("train", len(dataset.train)), "validation": counts.get("validation", len(dataset.validation))},
         "table_version": dataset.manifest.get("table_version"),
+        # Who may be served this adapter (tasks/registry.py:withheld_for); null for datasets built
+        # before ragtune recorded it, and such an adapter is served to no one.
+        "access": dataset.manifest.get("access"),
         "recipe": {k: v for k, v in settings.training.model_dump(mode="json").items() if k != "max_steps"},
         "max_steps": max_steps or settings.training.max_steps or None,
         "training_key": key,

@@ -18,7 +18,7 @@ import numpy as np
 
 from data_contracts.schemas import PUBLIC_GROUP
 from tasks.embed import Embedder
-from tasks.store import sql_str
+from tasks.store import dense_search, sql_str
 
 Fusion = Literal["rrf", "weighted", "dense", "fts"]
 
@@ -181,8 +181,7 @@ class Retriever:
 
     def dense(self, vector: np.ndarray, where: str, limit: int) -> list[Hit]:
         rows = (
-            self.table.search(vector, vector_column_name="vector")
-            .distance_type("cosine")
+            dense_search(self.table, vector)
             .where(where, prefilter=True)
             .select(_COLUMNS + ["_distance"])
             .limit(limit)

@@ -20,6 +20,11 @@ Design:
 * The parent waits on the worker with the per-file timeout. On timeout it kills the worker, records
   the file as ``timeout`` and starts a fresh worker; a worker that dies gives ``memory_limit`` or
   ``crashed`` for its file and is replaced the same way.
+* A worker starts with a minimal environment (:func:`sandbox_env`): parsers read files nobody
+  vetted, so they get no settings, passwords or cloud credentials to leak. What parsing needs
+  (the PDF password) comes over the pipe.
+* A parsed document may hold at most ``ParseLimits.max_chars`` characters of text: chunking and
+  embedding run outside the sandbox, and their cost follows the text, not the file size.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
@@ -51,6 +56,17 @@ _START_TIMEOUT_S = 30.0
 # How long a worker asked to stop gets to exit before it is killed.
 _STOP_GRACE_S = 2.0
 
+# All a worker inherits from the parent's environment: what the interpreter and the parsers'
+# native libraries need to start and behave (locale, temp dir, thread counts, loader path).
+_ENV_NAMES = frozenset(
+    {
+        "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP", "TEMP", "LD_LIBRARY_PATH",
+        "PYTHONHOME", "PYTHONUTF8", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE", "MALLOC_ARENA_MAX",
+        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    }
+)
+_ENV_PREFIXES = ("LC_",)
+
 
 @dataclass(frozen=True)
 class ParseLimits:
@@ -60,6 +76,9 @@ class ParseLimits:
     memory_mb: int = 2048  # address-space cap per worker (RLIMIT_AS)
     max_bytes: int = 100 * 2**20
     pdf_password: str | None = None
+    # Text one document may yield (about 5,000 pages): chunking and embedding a 100 MB paragraph
+    # would take the ingesting process hours and gigabytes, outside this sandbox's limits.
+    max_chars: int = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,13 @@ def parse_many(
         _shutdown(pool)
 
 
+def sandbox_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a parse worker starts with: the allow-listed names of `environ` (default
+    ``os.environ``), so ``RAGTUNE_*`` settings, ``AWS_*`` keys and other secrets never reach a parser."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+
+
 # --------------------------------------------------------------------------- parent side
 
 
@@ -167,6 +193,7 @@ class _Worker:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP.format(module=__name__), str(child_conn.fileno())],
                 pass_fds=(child_conn.fileno(),),
+                env=sandbox_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # parsers that print must not garble the parent's output
                 # stderr is inherited so native crash messages and faulthandler tracebacks reach the logs
@@ -178,13 +205,15 @@ class _Worker:
             child_conn.close()
         worker = cls(proc, parent_conn, limits.memory_mb)
         try:
-            # The password travels over the pipe, not argv or the environment, so `ps` never shows it.
+            # The password travels over the pipe, not argv or the environment, so `ps` never shows it
+            # and the worker's environment holds no secret.
             parent_conn.send(list(sys.path))
             parent_conn.send(
                 {
                     "parse_fn": parse_fn,
                     "memory_mb": limits.memory_mb,
                     "max_bytes": limits.max_bytes,
+                    "max_chars": limits.max_chars,
                     "pdf_password": limits.pdf_password,
                     "parent_pid": os.getpid(),
                 }
@@ -235,8 +264,8 @@ class _Worker:
             return ParseOutcome(path, reply[1], None, None, reply[2]), True
         if kind == "quarantine":
             return ParseOutcome(path, None, reply[1], reply[2], reply[3]), True
-        # A worker that ran out of memory or raised something unexpected may have a corrupted
-        # native heap; replace it rather than trust it with the next file.
+        # A worker that ran out of memory or raised something unexpected (parser_error) may have a
+        # corrupted native heap; replace it rather than trust it with the next file.
         return ParseOutcome(path, None, kind, reply[1], reply[2]), False
 
     def timed_out(self, path: Path, limits: ParseLimits) -> ParseOutcome:
@@ -385,6 +414,13 @@ def _worker_main(conn: Connection) -> None:
             document = parse(Path(request), pdf_password=config["pdf_password"], max_bytes=config["max_bytes"])
             if not isinstance(document, ParsedDocument):
                 raise TypeError(f"{config['parse_fn']} returned {type(document).__name__}, not ParsedDocument")
+            chars = sum(len(s.text) for s in document.sections)
+            if chars > config["max_chars"]:
+                raise QuarantineError(
+                    "too_much_text",
+                    f"the file holds {chars:,} characters of text, more than one document may ({config['max_chars']:,}); "
+                    "split it into smaller files",
+                )
             reply: tuple = ("ok", document, time.monotonic() - started)
         except QuarantineError as exc:
             reply = ("quarantine", exc.reason, exc.detail, time.monotonic() - started)
@@ -396,9 +432,11 @@ def _worker_main(conn: Connection) -> None:
                 time.monotonic() - started,
             )
         except Exception as exc:  # noqa: BLE001 - a parser bug must cost one file, not the batch
+            # Not a crash of the process and not proof the file is bad: say what raised.
             reply = (
-                "crashed",
-                f"the parser raised {type(exc).__name__}: {exc}; this is a parser bug or an unexpected file: report it and remove the file",
+                "parser_error",
+                f"{config['parse_fn']} raised {type(exc).__name__}: {exc}; this is a bug in the parser, "
+                "not necessarily in the file: report it with the file",
                 time.monotonic() - started,
             )
         try:
@@ -406,7 +444,7 @@ def _worker_main(conn: Connection) -> None:
         except MemoryError:
             conn.send(("memory_limit", "the parsed result was too large to send back under the memory limit; split the file", time.monotonic() - started))
         except Exception as exc:  # noqa: BLE001 - e.g. a custom parse_fn returned something unpicklable
-            conn.send(("crashed", f"the parse result could not be sent back ({type(exc).__name__}: {exc})", time.monotonic() - started))
+            conn.send(("parser_error", f"the parse result could not be sent back ({type(exc).__name__}: {exc})", time.monotonic() - started))
 
 
 def _limit_address_space(memory_mb: int) -> None:

@@ -3,6 +3,10 @@
 Cheap checks first: a file whose size and mtime match the ledger (and was processed with the same
 pipeline fingerprint) is not even read. Only when they differ is the content hashed; an unchanged
 hash means the file was merely touched, and it is still not parsed.
+
+A quarantined file is parsed again only when it changed, or when its quarantine was transient (a
+timeout, the memory cap, a dead worker: a busy host can cause those) and it has failed fewer than
+`MAX_ATTEMPTS` times in a row; permanent reasons (encrypted, no_text, ...) would only fail again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+
+# Quarantine reasons the next run retries: they can come from the host (load, memory), not the file.
+TRANSIENT_REASONS = frozenset({"timeout", "memory_limit", "crashed"})
+MAX_ATTEMPTS = 3  # parses of unchanged content before a transient quarantine is kept
 
 
 class SourceError(Exception):
@@ -118,6 +127,40 @@ class Plan:
     unreadable: list[Skipped] = field(default_factory=list)
 
 
+def failed_attempts(prev: dict[str, Any] | None, content_hash: str, pipeline: str) -> int:
+    """Transient failures in a row the ledger row `prev` records for this content and pipeline.
+
+    Rows written before the ledger had an ``attempts`` column count as one.
+    """
+    if not prev or prev["status"] != "quarantined" or prev.get("reason") not in TRANSIENT_REASONS:
+        return 0
+    if prev["content_hash"] != content_hash or prev["pipeline"] != pipeline:
+        return 0
+    return int(prev.get("attempts") or 1)
+
+
+def retry_due(prev: dict[str, Any]) -> bool:
+    """Whether an unchanged quarantined file is parsed again: a transient reason, attempts left."""
+    return 0 < failed_attempts(prev, prev["content_hash"], prev["pipeline"]) < MAX_ATTEMPTS
+
+
+def transient_attempts(reason: str | None, prev: dict[str, Any] | None, content_hash: str, pipeline: str) -> int | None:
+    """Which transient failure in a row this parse is (1 for the first); None for any other outcome."""
+    if reason not in TRANSIENT_REASONS:
+        return None
+    return failed_attempts(prev, content_hash, pipeline) + 1
+
+
+def attempts_note(attempts: int) -> str:
+    """What a transient quarantine's detail says about retries, in the ledger and the run report."""
+    if attempts < MAX_ATTEMPTS:
+        return f" (attempt {attempts} of {MAX_ATTEMPTS}: retried on the next run)"
+    return (
+        f" (failed {attempts} times in a row: no longer retried until the file, the limits or the pipeline "
+        "change, or with ingest --force)"
+    )
+
+
 def plan(files: Sequence[SourceFile], ledger: dict[str, dict[str, Any]], pipeline: str, force: bool = False) -> Plan:
     """Compare the files on disk with the ledger of the previous runs."""
     out = Plan()
@@ -127,14 +170,17 @@ def plan(files: Sequence[SourceFile], ledger: dict[str, dict[str, Any]], pipelin
         prev = ledger.get(f.doc_id)
         same_pipeline = prev is not None and prev["pipeline"] == pipeline and not force
         if same_pipeline and prev["byte_size"] == f.size and prev["mtime_ns"] == f.mtime_ns:
-            (out.still_quarantined if prev["status"] == "quarantined" else out.unchanged).append(f)
+            if retry_due(prev):
+                out.to_parse.append((f, prev["content_hash"]))  # unchanged on disk: the hash still holds
+            else:
+                (out.still_quarantined if prev["status"] == "quarantined" else out.unchanged).append(f)
             continue
         try:
             digest = content_hash(f.path)
         except OSError as e:
             out.unreadable.append(Skipped(f.doc_id, "unreadable", f"cannot read: {e.strerror}"))
             continue
-        if same_pipeline and prev["content_hash"] == digest:
+        if same_pipeline and prev["content_hash"] == digest and not retry_due(prev):
             # Only the ledger's mtime moves; a quarantined file stays quarantined without a re-parse.
             out.touched.append((f, digest))
         else:

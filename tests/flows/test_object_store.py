@@ -70,6 +70,7 @@ def _doc_ids() -> set[str]:
 def test_ingest_rerun_delete_search_on_s3(home, tmp_path, s3_store, secret, monkeypatch):
     monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_GROUPS", '{"hr/**": ["hr"]}')
     src = _corpus(tmp_path / "src")
+    monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_ROOT", str(src))
     first = ingest(str(src))
     assert first["status"] == "completed" and first["counts"]["added"] == 5
     assert not (home / "lancedb").exists()  # the table is on S3, not under the home

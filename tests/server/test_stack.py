@@ -61,6 +61,10 @@ def test_every_deployment_has_its_typed_form_pool_and_schedule(api):
                 types = {props[name].get("type")} | {t.get("type") for t in props[name].get("anyOf", [])}
                 assert "boolean" in types, f"{spec['name']}.{name} is not typed boolean in the form"
         assert d["parameters"] == spec.get("parameters", {})
+    # The caller's groups are the deployment's identity, not a form field (issue 12).
+    answer = api.deployment("answer-demo")
+    assert "groups" not in answer["parameter_openapi_schema"]["properties"]
+    assert answer["job_variables"]["env"]["RAGTUNE_RETRIEVAL__GROUPS"] == "[]"
     nightly = api.deployment("nightly")
     assert [(s["schedule"]["cron"], s["active"]) for s in nightly["schedules"]] == [("0 2 * * *", True)]
     # The cron really produces runs (the scheduler service works on this stack): the next ones at 02:00 UTC.

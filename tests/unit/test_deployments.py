@@ -37,3 +37,13 @@ def test_settings_reject_a_public_sentinel_in_access_groups(monkeypatch):
         load_settings()
     monkeypatch.setenv("RAGTUNE_INGEST__ACCESS_GROUPS", '{"hr/**": ["hr"]}')
     assert load_settings().ingest.access_groups == {"hr/**": ["hr"]}
+
+
+def test_the_answer_deployment_form_has_no_groups_field():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.answer import answer, answer_service
+
+    assert "groups" in parameter_schema(answer).properties  # the local flow keeps it (CLI, evaluation)
+    assert "groups" not in parameter_schema(answer_service).properties
+    assert "config_file" not in parameter_schema(answer_service).properties  # a config names groups too

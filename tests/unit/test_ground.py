@@ -229,3 +229,55 @@ def test_scoring_a_batch_equals_scoring_one_by_one_and_embeds_each_text_once(tok
     # A batch with more texts than the cache holds is still scored whole.
     tiny = LexicalSemanticScorer(HashEmbedder(tokenizer, dimension=64), cache_size=2)
     assert tiny.score_many(items) == one_by_one and len(tiny._cache) == 2
+
+
+# --- contact details and citation markers from untrusted output ---------------------------------
+
+PORTAL = (
+    "Expense claims are filed on the travel portal at https://travel.example-corp.com/claims within 30 days of the trip. "
+    "Questions go to expenses@example-corp.com or +44 20 7946 0958."
+)
+FILED = "Expense claims are filed on the travel portal at {} within 30 days of the trip."
+
+
+@pytest.mark.parametrize("smuggled", [
+    FILED.format("https://travel-example-corp.com/claims"),  # look-alike portal: every word of it is in the source
+    FILED.format("https://travel.example-corp.com.claims-portal.net"),
+    FILED.format("www.travel-example-corp.com"),
+    "Expense claims are filed within 30 days of the trip; questions go to expenses@example-corp.co.",
+    "Expense claims are filed within 30 days of the trip; questions go to +30 20 7946 44.",  # each number is in the source
+])
+def test_a_contact_detail_missing_from_the_sources_makes_a_supported_sentence_unsupported(scorer, smuggled):
+    genuine = scorer.score(FILED.format("https://travel.example-corp.com/claims"), [PORTAL])[0]
+    s = scorer.score(f"Claims must be filed within 30 days [1]. {smuggled}", [PORTAL])
+    assert genuine.supported and s[0].supported and not s[1].supported and s[1].score == 0.0
+    assert answer_support(s) == 0.0  # so the answerer withholds the answer
+    assert s[1].untrusted and not genuine.untrusted
+
+
+def test_contact_details_from_the_sources_or_the_question_are_trusted_in_any_spelling(scorer):
+    answer = "Questions go to Expenses@Example-Corp.com or +44 (0)20 7946 0958, see travel.example-corp.com."
+    assert scorer.score(answer, [PORTAL])[0].untrusted == ()
+    asked = "Expense claims are filed on the travel portal at https://help.example.org within 30 days of the trip."
+    assert scorer.score(asked, [PORTAL])[0].untrusted == ("help.example.org",)
+    assert scorer.score(asked, [PORTAL], question="Is https://help.example.org the portal?")[0].untrusted == ()
+    assert scorer.score_many([(asked, [PORTAL])], ["Is help.example.org the portal?"])[0][0].untrusted == ()
+
+
+def test_numbers_versions_dates_and_file_names_are_not_contact_details():
+    from tasks.ground import untrusted_contacts
+
+    for text in ["Dr. Smith shipped v4.2 to the U.S. office, e.g. in Boston.", "It costs 1 500 000 EUR (1,500.00 EUR each).",
+                 "Open 12:00 to 14:00 from 2024-01-15 to 15.03.2026, as in 2024-2026.", "Install Node.js, see README.md.",
+                 "Order 1234567 ships."]:
+        assert untrusted_contacts(text, "") == [], text
+
+
+def test_citation_ranges_are_bounded_by_the_sources_given(scorer):
+    """A range like [1-10**12] would be a list of 10**12 indices (MemoryError): it is clipped instead."""
+    huge = "Hotel stays are reimbursed up to 150 EUR per night in Berlin [1-1000000000000]."
+    assert scorer.score(huge, [POLICY, HOTLINE])[0].citations == (0, 1)
+    assert strip_citations("Both [2-1000000000000].", available=3) == ("Both.", (1, 2))
+    assert strip_citations(f"Far [{'9' * 5000}-1][7][0].", available=3) == ("Far.", ())  # int() of 5000 digits raises
+    assert strip_citations("See [1-2-3][3, 1].", available=3) == ("See.", (0, 1, 2))
+    assert strip_citations("See both [2-4].") == ("See both.", (1, 2, 3))  # no count given: markers as written

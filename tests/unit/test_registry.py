@@ -109,3 +109,99 @@ def test_training_key_follows_recipe_and_base_model_but_not_the_step_cap(tmp_pat
     model.mkdir()
     (model / "config.json").write_text("{}")
     assert training_key(load_settings(home=tmp_path, generator={"model": str(model)}), "d1") != key
+
+
+def test_an_adapter_is_withheld_from_callers_who_may_not_read_what_it_saw(tmp_path):
+    import json
+
+    from tasks.registry import served_to, withheld_for
+
+    def adapter(name, access):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metadata.json").write_text(json.dumps({"access": access} if access is not None else {}))
+        return d
+
+    public = adapter("public", {"readers": [["*"]], "groups": ["*"]})
+    hr = adapter("hr", {"readers": [["*"], ["hr"], ["finance", "legal"]], "groups": ["*", "finance", "hr", "legal"]})
+    legacy = adapter("legacy", None)
+    assert withheld_for(public, []) is None
+    assert "hr" in withheld_for(hr, [])
+    assert "finance/legal" in withheld_for(hr, ["hr"])  # every chunk must be readable, not just one
+    assert withheld_for(hr, ["hr", "legal"]) is None
+    assert "no access record" in withheld_for(legacy, ["hr", "finance", "legal"])
+    assert served_to({"readers": [["*"]]}) == "everyone"
+    assert served_to({"readers": [["hr"], ["*"]]}) == "callers in hr"
+    assert served_to(None).startswith("no one")
+
+
+def test_two_gate_verdicts_racing_promote_exactly_one(registry, tmp_path):
+    """Two evaluations compared their candidates with champion `a`; whichever applies second must
+    not promote over the champion the first one installed meanwhile."""
+    import threading
+
+    from tasks.registry import StaleVerdict
+
+    for name in ("a", "c1", "c2"):
+        registry.register(fake_adapter(tmp_path / f"w{name}"), name, {"created_at": f"2026-01-0{len(name)}"})
+    registry.promote("a", "first champion")
+    barrier, outcomes = threading.Barrier(2), {}
+
+    def apply(candidate):
+        barrier.wait()
+        try:
+            outcomes[candidate] = registry.promote(candidate, "gate", compared_with="a")
+        except StaleVerdict as e:
+            outcomes[candidate] = e
+
+    threads = [threading.Thread(target=apply, args=(c,)) for c in ("c1", "c2")]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    won = [c for c, o in outcomes.items() if o == "a"]
+    lost = [c for c, o in outcomes.items() if isinstance(o, StaleVerdict)]
+    assert len(won) == 1 and len(lost) == 1 and registry.champion().name == won[0]
+    assert "compared with champion a" in str(outcomes[lost[0]])
+    with pytest.raises(StaleVerdict):  # a verdict from when there was no champion
+        registry.promote(lost[0], "gate", compared_with=None)
+
+
+def test_two_trainings_with_one_key_never_share_a_work_directory(registry, tmp_path, monkeypatch):
+    """The second run with the same key stops at once, before touching the first one's checkpoints."""
+    import threading
+
+    import tasks.train
+    from tasks.retrain import train_candidate
+
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def slow_training(*args, work_dir, **kwargs):  # holds the work directory like a real run
+        seen.append(work_dir)
+        started.set()
+        assert release.wait(30)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(tasks.train, "train_lora", slow_training)
+    settings = load_settings(home=str(tmp_path / "home"))
+    dataset = SavedDataset(tmp_path / "ds", {"hash": "h" * 64, "counts": {}}, [], [])
+    first_error = []
+    first = threading.Thread(target=lambda: first_error.append(pytest.raises(RuntimeError, train_candidate, registry, settings, dataset, "k" * 64)))
+    first.start()
+    assert started.wait(30)
+    with pytest.raises(RegistryError, match="another training of the same dataset"):
+        train_candidate(registry, settings, dataset, "k" * 64)
+    release.set()
+    first.join()
+    assert len(seen) == 1  # the second run never reached the recipe
+
+
+def test_a_corrupt_registry_names_the_file_and_the_way_back(registry, tmp_path):
+    registry.register(fake_adapter(tmp_path / "wa"), "a", {"created_at": "2026-01-01"})
+    registry.promote("a", "gate")
+    state = registry.root / "registry.json"
+    good = state.read_text()
+    state.write_text(good[: len(good) // 2])  # a torn write by another tool
+    with pytest.raises(RegistryError, match="registry.json is corrupt") as e:
+        registry.champion()
+    assert "registry.json.bak" in str(e.value)
+    (registry.root / "registry.json.bak").replace(state)
+    assert registry.get("a").status == "candidate"  # the version before the promotion

@@ -163,7 +163,7 @@ def test_memory_hog_hits_the_cap_and_the_batch_goes_on(tmp_path, no_leftover_wor
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("segv.txt", "crashed"), ("oomkill.txt", "memory_limit"), ("raise.txt", "crashed")],
+    [("segv.txt", "crashed"), ("oomkill.txt", "memory_limit"), ("raise.txt", "parser_error")],
 )
 def test_dying_or_failing_worker_is_replaced(tmp_path, no_leftover_workers, name, reason):
     paths = _files(tmp_path, [name, "limits.txt", "plain.txt"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -51,7 +52,9 @@ def test_a_corrupt_record_names_the_file(tmp_path):
 def test_down_stops_exactly_the_recorded_processes_and_their_children(tmp_path):
     cfg = stack.StackConfig(home=tmp_path)
     # A "worker" that starts a child of its own, like a process worker running a flow.
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+    # Its second child runs in a session of its own, as Prefect's process worker starts flow runs.
+    code = ("import subprocess, sys, time; sleep = [sys.executable, '-c', 'import time; time.sleep(600)']; "
+            "subprocess.Popen(sleep); subprocess.Popen(sleep, start_new_session=True); time.sleep(600)")
     pid = stack._spawn([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"}, log_file=cfg.state_dir / "w.log")
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
@@ -60,13 +63,21 @@ def test_down_stops_exactly_the_recorded_processes_and_their_children(tmp_path):
         # A recorded PID that now belongs to another process (reused after a reboot) is left alone.
         state.pids["worker-stale"], state.starts["worker-stale"] = bystander.pid, "1"
         state.save(cfg.state_dir / "stack.json")
-        time.sleep(0.5)
-        children = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
+        deadline, children = time.monotonic() + 30, []
+        while len(children) < 2 and time.monotonic() < deadline:  # the worker's child starts (slowly on a busy machine)
+            time.sleep(0.2)
+            children = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 2
+        deadline, flow_run = time.monotonic() + 30, []
+        while not flow_run and time.monotonic() < deadline:
+            time.sleep(0.2)
+            flow_run = [p for p in stack._descendants(pid) if str(p) not in children]
+        assert len(flow_run) == 1 and os.getpgid(flow_run[0]) == flow_run[0]
         messages: list[str] = []
         stack.down(cfg, log=messages.append)
         assert not stack._alive(pid)
         assert not any(stack._alive(int(c)) for c in children)
+        assert not stack._alive(flow_run[0]), "a flow run in its own session outlived `down`"
         assert bystander.poll() is None, "down must not touch processes it did not start"
         assert any("worker-stale" in m and "no longer running" in m for m in messages)
         assert not (cfg.state_dir / "stack.json").exists()

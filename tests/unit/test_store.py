@@ -81,7 +81,9 @@ def test_fts_index_then_ann_index_past_threshold(tmp_path):
     second = store.maintain_indexes(ann_min_rows=1000, ann_min_recall=0.9, keep_days=7)
     assert second.vector == "created"
     assert 0.0 < second.ann_recall_at_10 <= 1.0
-    assert second.ann_recall_at_10 >= 0.8  # IVF-PQ with refinement on 1.5k vectors
+    # As served, after optimize: IVF-PQ (2 sub-vectors) with refinement on 1.5k random 16-d vectors, a
+    # worst case for PQ. Measured before optimize, as it used to be, it read ~0.9; searches got ~0.73.
+    assert second.ann_recall_at_10 >= 0.5
     assert not store.indexes_missing()
 
 
@@ -118,3 +120,26 @@ def test_redaction_masks_short_secrets_and_keeps_endpoint_and_region_visible():
             "in eu-west-1 (allow_http true)")
     out = redacted(text, options)
     assert out == "AccessDenied for *** / *** / *** / *** / *** / *** at http://minio.internal:9000 in eu-west-1 (allow_http true)"
+
+
+def test_the_ann_recall_measured_at_build_is_the_recall_searches_get(tmp_path):
+    """The retriever's dense search uses the same ANN settings as the recall check (refinement too)."""
+    from tasks.embed import HashEmbedder
+    from tasks.retrieve import Retriever
+
+    store = ChunkStore(tmp_path / "db", "chunks")
+    store.replace_documents(_rows("b", 1500, seed=3), "/r", ["b"])
+    report = store.maintain_indexes(ann_min_rows=1000, ann_min_recall=0.0, keep_days=7)
+    assert report.vector == "created"
+    table = store.chunks
+    retriever = Retriever(table, HashEmbedder(None, DIM))
+    rng = np.random.default_rng(0)  # the sample ann_recall takes
+    picks = sorted(set(rng.integers(0, table.count_rows(), size=100).tolist()))
+    sample = table.search().select(["vector"]).limit(None).to_arrow().take(picks).column("vector").to_pylist()
+    served = []
+    for vec in sample:
+        got = {h.chunk_id for h in retriever.dense(np.asarray(vec, np.float32), "true", 10)}
+        exact = {r["chunk_id"] for r in table.search(vec).distance_type("cosine").bypass_vector_index().limit(10).to_list()}
+        served.append(len(got & exact) / len(exact))
+    assert abs(float(np.mean(served)) - report.ann_recall_at_10) < 1e-9
+    assert abs(ChunkStore.ann_recall(table) - report.ann_recall_at_10) < 1e-9
