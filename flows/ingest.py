@@ -237,7 +237,7 @@ def _run(root: Path, settings: Settings, force: bool, manifest: IngestManifest, 
         replaced = sorted({r.file.doc_id for r in good} | set(todo.deleted) | set(withdrawn))
         lock.check()  # a run that lost its writer lease stops here, before writing over the new holder
         # Mark the replaced documents first: a run stopped between the two commits below re-parses them.
-        write_ledger(store, steps.pending_ledger_rows(previous, replaced), source_root, [])
+        write_ledger(store, steps.pending_ledger_rows(good, previous, source_root), source_root, [])
         lock.check()
         manifest.chunk_table_version = write_chunks(store, chunks, source_root, replaced)
         lock.check()

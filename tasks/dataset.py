@@ -44,7 +44,7 @@ from tasks import atomic, pii
 from tasks.config import DatasetSettings
 from tasks.metrics import contains_gold
 from tasks.jsonl import jsonl_rows
-from tasks.generate import ABSTAIN, ChatGuard, base_messages, pack_sources, rag_messages
+from tasks.generate import ABSTAIN, base_messages, guard_for, pack_sources, rag_messages
 from tasks.retrieve import Hit, Retriever, SearchFilters
 from tasks.validate import ContractViolation, ValidationReport, validate
 
@@ -519,7 +519,7 @@ def load(path: Path) -> SavedDataset:
 def chat_token_counter(tokenizer: Any) -> Callable[[Messages], int]:
     """Tokens of a conversation rendered with the generator's chat template (as the recipe tokenises it)."""
 
-    guard = ChatGuard(tokenizer)  # untrusted text is neutralised before tokenising, as in training
+    guard = guard_for(tokenizer)  # untrusted text is neutralised before tokenising, as in training
 
     def count(messages: Messages) -> int:
         return len(guard.ids(messages, generation_prompt=False))

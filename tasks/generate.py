@@ -204,6 +204,12 @@ def _control_pattern(tokens: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile(f"{_CONTROL.pattern}|{literal}" if literal else _CONTROL.pattern)
 
 
+@functools.lru_cache(maxsize=8)
+def guard_for(tokenizer: Any) -> "ChatGuard":
+    """The tokenizer's guard, built once per process (it reads the added vocabulary and compiles a pattern)."""
+    return ChatGuard(tokenizer)
+
+
 class ChatGuard:
     """Renders conversations with a tokenizer's chat template so that no message content can become a
     control token: the template is rendered to a string and tokenized with special-token parsing on,
@@ -301,7 +307,7 @@ class Generator:
         self.tokenizer.padding_side = "left"  # batched generation continues from the right edge
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.guard = ChatGuard(self.tokenizer)  # every prompt goes through it: untrusted text is never a control token
+        self.guard = guard_for(self.tokenizer)  # every prompt goes through it: untrusted text is never a control token
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -243,6 +243,13 @@ def chunk_rows(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def quarantine_detail(r: DocumentResult, prev: dict[str, Any] | None, pipeline: str) -> tuple[int | None, str | None]:
+    """A quarantined document's transient-failure count (None: not transient) and its detail with what
+    that means for retries; the ledger and the run manifest say the same."""
+    attempts = transient_attempts(r.reason, prev, r.content_hash, pipeline)
+    return attempts, (r.detail or "") + attempts_note(attempts) if attempts else r.detail
+
+
 def ledger_rows(
     results: Sequence[DocumentResult],
     touched: Sequence[tuple[SourceFile, str]],
@@ -260,7 +267,7 @@ def ledger_rows(
     rows: list[dict[str, Any]] = []
     for r in results:
         prev = previous.get(r.file.doc_id) or {}
-        attempts = transient_attempts(r.reason, prev, r.content_hash, pipeline)
+        attempts, detail = quarantine_detail(r, prev, pipeline)
         rows.append(
             {
                 "doc_id": r.file.doc_id,
@@ -270,7 +277,7 @@ def ledger_rows(
                 "format": r.format if r.ok else prev.get("format"),
                 "status": "ingested" if r.ok else "quarantined",
                 "reason": r.reason,
-                "detail": (r.detail or "") + attempts_note(attempts) if attempts else r.detail,
+                "detail": detail,
                 "attempts": attempts,
                 "modified_at": _ts(r.file.mtime_ns),
                 "mtime_ns": r.file.mtime_ns,
@@ -294,15 +301,15 @@ def ledger_rows(
 PENDING = "pending"
 
 
-def pending_ledger_rows(previous: dict[str, dict[str, Any]], doc_ids: Sequence[str]) -> pa.Table:
-    """Ledger rows marking documents whose chunks are about to be replaced (written before the chunks).
+def pending_ledger_rows(results: Sequence[DocumentResult], previous: dict[str, dict[str, Any]], source_root: str) -> pa.Table:
+    """Ledger rows marking the documents whose new chunks are about to be committed (written before them).
 
     The chunk table and the ledger are two commits. Without the mark, a crash between them leaves the
-    new chunks under the old ledger row, and a file reverted to its old content is then taken as
-    unchanged and never re-parsed: the table would keep chunks of a version that exists nowhere.
+    new chunks under the old ledger row (a file reverted to its old content is then taken as unchanged
+    and never re-parsed) or under no row at all (a new file removed afterwards is never deleted). With
+    it, the next run re-parses each of them, or deletes its chunks when the file is gone.
     """
-    rows = [{**previous[d], "pipeline": PENDING} for d in doc_ids if d in previous]
-    return pa.Table.from_pylist(rows, schema=document_schema())
+    return ledger_rows([r for r in results if r.ok], [], previous, source_root, PENDING)
 
 
 def tally(results: Sequence[DocumentResult], previous: dict[str, dict[str, Any]], manifest: IngestManifest) -> None:
@@ -317,10 +324,9 @@ def tally(results: Sequence[DocumentResult], previous: dict[str, dict[str, Any]]
             manifest.counts.added += new
             manifest.counts.updated += not new
         else:
-            attempts = transient_attempts(r.reason, prev, r.content_hash, manifest.pipeline)
-            detail = (r.detail or "") + attempts_note(attempts) if attempts else r.detail or ""
+            _, detail = quarantine_detail(r, prev, manifest.pipeline)
             manifest.counts.quarantined += 1
-            manifest.quarantine.append(QuarantinedFile(doc_id=r.file.doc_id, reason=r.reason or "", detail=detail))
+            manifest.quarantine.append(QuarantinedFile(doc_id=r.file.doc_id, reason=r.reason or "", detail=detail or ""))
 
 
 class Timer:

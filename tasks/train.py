@@ -152,9 +152,9 @@ def _rendered_ids(tokenizer: Any, messages: Conversation, generation_prompt: boo
     # Rows carry document text and questions: rendered through the generator's guard, so none of it can
     # tokenize to a control token (a fake turn would be learned as structure), with the same invariant check.
     # The template already holds the start tokens: the guard adds no special tokens again.
-    from tasks.generate import ChatGuard
+    from tasks.generate import guard_for
 
-    return ChatGuard(tokenizer).ids(messages, generation_prompt)
+    return guard_for(tokenizer).ids(messages, generation_prompt)
 
 
 def tokenized_conversation(

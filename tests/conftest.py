@@ -63,3 +63,15 @@ def tiny_llama(tmp_path_factory) -> Path:
         return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     except NoPackagedTokenizer as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture
+def no_faults(monkeypatch):
+    """Fault injection off (tasks/faults.py) and its counters at zero, before and after the test."""
+    from tasks import faults
+
+    for name in (faults.RATE_ENV, faults.SEED_ENV, faults.TASKS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    faults.reset()
+    yield
+    faults.reset()

@@ -16,13 +16,7 @@ from tasks.store import ChunkStore
 from tests.flows.corpus import write_corpus
 
 
-@pytest.fixture(autouse=True)
-def _faults_off(monkeypatch):
-    for name in (faults.RATE_ENV, faults.SEED_ENV, faults.TASKS_ENV):
-        monkeypatch.delenv(name, raising=False)
-    faults.reset()
-    yield
-    faults.reset()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 def _rows(home: Path) -> dict[str, tuple]:

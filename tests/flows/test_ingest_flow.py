@@ -250,6 +250,22 @@ def test_cli_errors_name_the_stage_and_do_not_claim_an_unchanged_table_after_a_c
     assert "unchanged" not in failed.stderr
 
 
+def _ledger_fails_after_the_chunk_commit(monkeypatch):
+    """The next ingest dies between its chunk commit and its final ledger write; returns the real task."""
+    import flows.ingest
+
+    real, calls = flows.ingest.write_ledger, []
+
+    def ledger_fails_after_the_chunks(store, rows, source_root, deleted):
+        calls.append(rows.num_rows)
+        if len(calls) == 2:  # the final ledger write (the first marks the documents pending)
+            raise OSError("disk full")
+        return real.fn(store, rows, source_root, deleted)
+
+    monkeypatch.setattr(flows.ingest, "write_ledger", ledger_fails_after_the_chunks)
+    return real
+
+
 def test_a_run_stopped_between_the_chunk_and_ledger_commits_is_repaired_even_after_a_revert(home, tmp_path, monkeypatch):
     """Found by `make drills`: the new chunks were committed, the ledger was not, the file was then
     reverted to its old content (old mtime too), and the rerun took it as unchanged."""
@@ -263,15 +279,7 @@ def test_a_run_stopped_between_the_chunk_and_ledger_commits_is_repaired_even_aft
     note = src / "note-1.md"
     old_text, old_stat = note.read_text(), note.stat()
     note.write_text(old_text.replace("Sentence 3 of note 1.", "An edit that will be reverted."))
-    real, calls = flows.ingest.write_ledger, []
-
-    def ledger_fails_after_the_chunks(store, rows, source_root, deleted):
-        calls.append(rows.num_rows)
-        if len(calls) == 2:  # the final ledger write, after the chunk commit
-            raise OSError("disk full")
-        return real.fn(store, rows, source_root, deleted)
-
-    monkeypatch.setattr(flows.ingest, "write_ledger", ledger_fails_after_the_chunks)
+    real = _ledger_fails_after_the_chunk_commit(monkeypatch)
     with pytest.raises(OSError):
         ingest(str(src))
     assert {(v["doc_id"], v["text"]) for v in _chunks(home).values()} != clean  # the edit was committed
@@ -280,4 +288,24 @@ def test_a_run_stopped_between_the_chunk_and_ledger_commits_is_repaired_even_aft
     os.utime(note, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
     rerun = ingest(str(src))
     assert rerun["counts"]["updated"] == 1
+    assert {(v["doc_id"], v["text"]) for v in _chunks(home).values()} == clean
+
+
+def test_a_file_added_by_a_run_stopped_between_its_commits_is_deleted_when_removed(home, tmp_path, monkeypatch):
+    """Found by `make drills`: the new file's chunks were committed, its ledger row was not, and once
+    the file was removed nothing deleted them."""
+    import flows.ingest
+
+    src = _corpus(tmp_path / "src")
+    ingest(str(src))
+    clean = {(v["doc_id"], v["text"]) for v in _chunks(home).values()}
+    (src / "new.md").write_text("# New\n\nA document that arrives and then goes away again.\n")
+    real = _ledger_fails_after_the_chunk_commit(monkeypatch)
+    with pytest.raises(OSError):
+        ingest(str(src))
+    assert any(doc == "new.md" for doc, _ in {(v["doc_id"], v["text"]) for v in _chunks(home).values()})
+    monkeypatch.setattr(flows.ingest, "write_ledger", real)
+    (src / "new.md").unlink()
+    rerun = ingest(str(src))
+    assert rerun["counts"]["deleted"] == 1
     assert {(v["doc_id"], v["text"]) for v in _chunks(home).values()} == clean

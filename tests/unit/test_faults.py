@@ -8,13 +8,7 @@ from tasks import faults
 from tasks.faults import InjectedFault, maybe_fail, retry_unless
 
 
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for name in (faults.RATE_ENV, faults.SEED_ENV, faults.TASKS_ENV):
-        monkeypatch.delenv(name, raising=False)
-    faults.reset()
-    yield
-    faults.reset()
+pytestmark = pytest.mark.usefixtures("no_faults")
 
 
 def outcomes(name: str, n: int) -> list[bool]:
