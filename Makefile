@@ -26,12 +26,13 @@ $(STAMP): pyproject.toml
 models: setup
 	$(BIN)/ragtune setup-models
 
-# The whole loop on the bundled demo: ingest → training data → a short LoRA run → documents that
+# The whole loop on the bundled demo: ingest → synthetic questions → training data → a short LoRA run → documents that
 # arrive after training (the freshness probe) → the arena of base, rag, lora and hybrid → the gate →
 # the report. Prints the decision table and the report's path.
 DEMO_CONFIG := demo/ragtune.toml
 demo: models
 	$(BIN)/ragtune ingest demo/corpus --config $(DEMO_CONFIG)
+	$(BIN)/ragtune synth --config $(DEMO_CONFIG)
 	$(BIN)/ragtune train --config $(DEMO_CONFIG)
 	$(BIN)/ragtune ingest demo/updates --config $(DEMO_CONFIG)
 	$(BIN)/ragtune eval --config $(DEMO_CONFIG)

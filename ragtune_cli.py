@@ -13,9 +13,12 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from data_contracts.evaluation import EvalRun
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Customise a language model for your documents, and measure it.")
 
@@ -293,6 +296,34 @@ def dataset_build(
 
 
 @app.command()
+def synth(
+    max_chunks: Optional[int] = typer.Option(None, "--max-chunks", min=1, help="Chunks to sample (default synth.max_chunks)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.1, help="Drafting time budget; a rerun resumes."),
+    table: Optional[str] = typer.Option(None, "--table", help="Chunk table to draw questions from."),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Synthetic questions from the chunks alone, filtered and split by document (runs `synthesize`).
+
+    The result is an evaluation-set file: `ragtune eval --eval-set synthetic` scores its `test` rows
+    (held-out documents); `dataset.synthetic = true` makes RAFT examples from its `train` rows.
+    """
+    from tasks.store import StoreError
+    from tasks.synth import SynthError
+    from tasks.validate import ContractViolation
+
+    _prepare_env()
+    from flows.synthesize import synthesize
+    from tasks.report import synth_markdown
+
+    try:
+        summary = synthesize(table=table, max_chunks=max_chunks, max_minutes=max_minutes, config_file=str(config) if config else None)
+    except (SynthError, StoreError, ContractViolation, FileNotFoundError, ValueError) as e:
+        _fail(str(e), as_json=as_json)
+    _emit(as_json, summary, synth_markdown(summary))
+
+
+@app.command()
 def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Cap on optimizer steps for this run."),
     force: bool = typer.Option(False, "--force", help="Train even when nothing changed since the newest adapter."),
@@ -419,17 +450,45 @@ def adapters_rollback(
     _emit(as_json, {"rolled_back": rolled_back, "champion": restored}, f"rolled back {rolled_back}; champion is now {restored or 'none (base model)'}")
 
 
+def _run_payload(run: "EvalRun", folder: Path) -> dict[str, Any]:
+    """An evaluation run as `eval --json` and `report --json` print it.
+
+    `arms` maps each arm's name to its `ArmResult` as saved in results.json (every metric an
+    `Estimate`: value, low, high, n); `decision_table` holds the rows the human summary shows
+    (aspect, cells per arm, best, verdict, the metrics judged); `limit` is set on a limited run.
+    """
+    from tasks.eval_report import decision_table
+
+    saved = run.model_dump(mode="json")
+    return {
+        "run_id": run.run_id, "report": str(folder / "report.html"), "markdown": str(folder / "report.md"),
+        "results": str(folder / "results.json"), "eval_path": run.eval_path, "eval_split": run.eval_split,
+        "questions": run.questions, "limit": run.settings.get("limit"), "notes": run.settings.get("notes", []),
+        "arms": {a["name"]: a for a in saved["arms"]}, "decision_table": decision_table(run),
+        "canary": saved["canary"], "gate": saved["gate"], "calibration": saved["calibration"],
+        "alongside": [{**o, "arms": {a["name"]: a for a in o["arms"]}} for o in saved["alongside"]],
+    }  # fmt: skip
+
+
 @app.command("eval")
 def eval_(
     arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated subset of base,rag,lora,hybrid."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only the first N questions."),
-    eval_set: Optional[Path] = typer.Option(None, "--eval-set", help="Evaluation JSONL (default: evaluation.path)."),
-    no_gate: bool = typer.Option(False, "--no-gate", help="Report the gate's verdict without changing the registry."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", min=1,
+        help="Smoke run: the first N questions, N calibration rows and N canary questions; report-only unless --gate.",
+    ),  # fmt: skip
+    eval_set: Optional[Path] = typer.Option(None, "--eval-set", help="Evaluation JSONL (default: evaluation.path), or `synthetic`: the held-out rows of the latest `ragtune synth` set."),
+    gate: Optional[bool] = typer.Option(
+        None, "--gate/--no-gate",
+        help="Apply the gate's verdict to the registry, or only report it (default: evaluation.apply_gate; "
+        "a --limit run only reports it).",
+    ),
     table: Optional[str] = typer.Option(None, "--table"),
     config: Optional[Path] = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """The arena: every arm on the evaluation set, the promotion gate, and the report (runs `evaluate`)."""
+    from data_contracts.evaluation import EvalRun
     from tasks.evalset import EvalSetError
     from tasks.registry import AdapterNotFound
     from tasks.store import StoreError
@@ -444,12 +503,14 @@ def eval_(
 
     try:
         result = evaluate(
-            arms=chosen, limit=limit, eval_set_path=str(eval_set) if eval_set else None, apply_gate=False if no_gate else None,
+            arms=chosen, limit=limit, eval_set_path=str(eval_set) if eval_set else None, apply_gate=gate,
             table=table, config_file=str(config) if config else None,
         )
     except (EvalSetError, StoreError, ContractViolation, AdapterNotFound, FileNotFoundError, ValueError) as e:
         _fail(str(e), as_json=as_json)
-    _emit(as_json, {k: v for k, v in result.items() if k != "summary"}, result["summary"])
+    results = Path(result["results"])
+    payload = _run_payload(EvalRun.model_validate_json(results.read_text()), results.parent)
+    _emit(as_json, {**{k: v for k, v in result.items() if k != "summary"}, **payload}, result["summary"])
 
 
 @app.command()
@@ -462,6 +523,7 @@ def report(
     from data_contracts.evaluation import EvalRun
     from tasks.config import load_settings
     from tasks.eval_report import ReportFiles, summary_markdown
+    from tasks.evalset import notes_markdown
 
     settings = load_settings(config)
     reports = settings.reports_dir
@@ -476,7 +538,7 @@ def report(
         _fail(f"no evaluation run {run_id!r} under {reports} (runs: {known})", as_json=as_json)
     run = EvalRun.model_validate_json((folder / "results.json").read_text())
     files = ReportFiles(markdown=folder / "report.md", html=folder / "report.html", charts=sorted((folder / "charts").glob("*.png")))
-    _emit(as_json, {"run_id": run_id, "report": str(files.html), "markdown": str(files.markdown)}, summary_markdown(run, files))
+    _emit(as_json, _run_payload(run, folder), summary_markdown(run, files) + notes_markdown(run.settings.get("notes", [])))
 
 
 def main() -> None:

@@ -68,6 +68,18 @@ class GateResult(BaseModel):
     numbers: dict[str, Any]
 
 
+class AlongsideSet(BaseModel):
+    """Another evaluation set the same arms answered in the same run (same threshold, same adapters): reported beside
+    the evaluation set, never gated on. Today: the synthetic set's held-out documents (`evaluation.synthetic`)."""
+
+    name: str = Field(description="What the set is, e.g. 'synthetic' (generated from the documents, no labels).")
+    path: str
+    split: str | None
+    eval_hash: str
+    questions: int
+    arms: list[ArmResult]
+
+
 class EvalRun(BaseModel):
     run_id: str
     created_at: datetime
@@ -86,6 +98,7 @@ class EvalRun(BaseModel):
     calibration: dict[str, Any] | None = Field(
         None, description="The grounding threshold this run used and how it was chosen (tasks/calibrate.py); None: no retrieval arm."
     )
+    alongside: list[AlongsideSet] = Field(default_factory=list, description="Other sets the arms answered in this run (not gated).")
 
 
 class QuestionRecord(BaseModel):

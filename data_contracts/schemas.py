@@ -95,7 +95,7 @@ def vector_dimension(schema: pa.Schema) -> int:
 # One row per training example (`ragtune dataset build`): what the LoRA recipe trains on, plus the
 # derived columns its contract (`suites.training_suite`) checks. Saved as Arrow under datasets/.
 MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
-EXAMPLE_KINDS = ("instruction", "raft", "closed_book")
+EXAMPLE_KINDS = ("instruction", "raft", "closed_book", "replay")
 ROLES = ("system", "user", "assistant")
 
 TRAINING_COLUMNS: tuple[Column, ...] = (

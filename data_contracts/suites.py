@@ -157,3 +157,25 @@ def eval_set_suite() -> Suite:
         _expect("expect_table_row_count_to_be_between", min_value=1),
     ]
     return {"name": "eval_set", "expectations": expectations}
+
+
+def synthetic_row_suite(min_words: int, max_words: int, max_answer_words: int, k: int) -> Suite:
+    """Per-row quality filters of synthetic questions (`data_contracts/synthetic.py`): a failing row is
+    dropped and counted under its filter. Nulls are skipped: the check did not apply or was not reached."""
+    from data_contracts.synthetic import STRATEGIES, SYNTH_COLUMNS
+
+    expectations = _required(SYNTH_COLUMNS)
+    expectations += [
+        _expect("expect_column_values_to_be_unique", column="id"),
+        _expect("expect_column_values_to_be_in_set", column="strategy", value_set=list(STRATEGIES)),
+        _expect("expect_column_values_to_be_in_set", column="answer_in_source", value_set=[True]),
+        _expect("expect_column_values_to_be_in_set", column="answer_in_question", value_set=[False]),
+        _expect("expect_column_values_to_be_between", column="question_words", min_value=min_words, max_value=max_words),
+        _expect("expect_column_values_to_be_between", column="answer_words", min_value=1, max_value=max_answer_words),
+        _expect("expect_column_values_to_be_between", column="pii_found", min_value=0, max_value=0),
+        _expect("expect_column_values_to_be_null", column="duplicate_of"),
+        _expect("expect_column_values_to_be_between", column="retrieval_rank", min_value=1, max_value=k),
+        _expect("expect_column_values_to_be_in_set", column="reader_ok", value_set=[True]),
+        _expect("expect_column_values_to_be_in_set", column="absent_from_corpus", value_set=[True]),
+    ]
+    return {"name": "synthetic_questions", "expectations": expectations}

@@ -105,7 +105,9 @@ def definitions(client: Any, events: EventSettings) -> list[tuple[Automation, st
         actions=[RunDeployment(
             source="selected",
             deployment_id=_deployment_id(client, events.retrain_deployment),
-            parameters={"table": {"__prefect_kind": "jinja", "template": "{{ event.resource['ragtune.table'] }}"}},
+            # the ingest's own settings file ("" when it had none: the retrain then finds its settings as the ingest did, see flows/retrain.py)
+            parameters={"table": {"__prefect_kind": "jinja", "template": "{{ event.resource['ragtune.table'] }}"},
+                        "config_file": {"__prefect_kind": "jinja", "template": "{{ event.resource['ragtune.config-file'] }}"}},
         )],
     )  # fmt: skip
     block_id, where = notify_block_id(client, events)

@@ -7,6 +7,10 @@ Reads top to bottom: load and validate the evaluation set → calibrate the grou
 the generator's drafts to the calibration split → run each arm (batched) → run the canary per
 model → score every arm with bootstrap intervals → decide the gate → write results, per-question
 records and the report under `<home>/reports/<run_id>/` → apply the gate's verdict to the registry.
+
+A limited run (`limit`, or `evaluation.limit`) is a smoke run: the same N bounds the questions, the
+calibration rows drafted and the canary questions; its calibration is not saved, its gate verdict is
+reported but not applied unless `apply_gate=True` is passed, and its notes say it was limited.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_contracts.evaluation import ArmResult, EvalRun, GateResult, QuestionRecord
+from data_contracts.evaluation import AlongsideSet, ArmResult, EvalRun, GateResult, QuestionRecord
 from flows.events import emit, events_markdown
 from tasks import arena, atomic, events
 from tasks.config import Settings, load_settings
 from tasks.calibrate import Calibration, calibrate_grounding
-from tasks.evalset import EvalSet, load_canary, load_eval_set
+from tasks.evalset import EvalSet, limit_note, load_canary, load_eval_set, notes_markdown
 from tasks.gate import decide
 from tasks.metrics import ScoringRules
 from tasks.progress import progress_bar
@@ -36,20 +40,30 @@ from tasks.models import load_embedder_for
 from tasks.resources import make_answerer, open_retriever, search_filters
 
 _TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+SYNTHETIC = "synthetic"  # eval_set_path naming the latest synthetic set (`ragtune synth`)
 
 
 @task(name="load-eval-set", **_TASK)
 def eval_set(settings: Settings, path: str | None, limit: int | None) -> EvalSet:
+    if path == SYNTHETIC:  # the latest synthetic set's held-out documents, never its training pool
+        from tasks.synth import latest
+
+        found = latest(settings.synth_dir)
+        if found is None:
+            raise ValueError(f"no synthetic set under {settings.synth_dir}: run `ragtune synth` first")
+        return load_eval_set(found, "test", limit, strict=True)
     chosen = Path(path) if path else settings.evaluation.path
     if chosen is None:
         raise ValueError("no evaluation set: set evaluation.path in the config or pass --eval-set FILE.jsonl")
-    return load_eval_set(chosen, settings.evaluation.split, limit or settings.evaluation.limit)
+    return load_eval_set(chosen, settings.evaluation.split, limit)
 
 
 @task(name="calibrate-grounding", **_TASK)
-def grounding_calibration(settings: Settings, ev: EvalSet, table: str | None, table_version: int | None) -> Calibration:
+def grounding_calibration(
+    settings: Settings, ev: EvalSet, table: str | None, table_version: int | None, limit: int | None
+) -> Calibration:
     """The grounding threshold for this run (tasks/calibrate.py), reused while its inputs are unchanged."""
-    return calibrate_grounding(settings, ev, table, table_version)
+    return calibrate_grounding(settings, ev, table, table_version, limit)
 
 
 @task(name="answer-arm", **_TASK)
@@ -168,24 +182,30 @@ def evaluate(
 
     Args:
         arms: subset of base, rag, lora, hybrid (default: `evaluation.arms`).
-        limit: evaluate only the first N questions.
-        eval_set_path: evaluation JSONL (default: `evaluation.path`).
-        apply_gate: promote/reject the candidate in the registry (default: `evaluation.apply_gate`).
+        limit: a smoke run: only the first N questions, N calibration rows and N canary questions,
+            report-only unless `apply_gate` is True (default: `evaluation.limit`, none).
+        eval_set_path: evaluation JSONL (default: `evaluation.path`), or "synthetic": the `test` rows
+            (held-out documents) of the latest synthetic set.
+        apply_gate: promote/reject the candidate in the registry (default: `evaluation.apply_gate`;
+            False on a limited run).
         table: chunk table (default from settings).
         config_file: optional TOML settings file.
     """
     from tasks.eval_report import summary_markdown
 
     settings = load_settings(config_file)
+    limit = limit or settings.evaluation.limit
+    if limit and apply_gate is None:
+        apply_gate = False  # a few questions must not promote or reject an adapter unless asked to
     if apply_gate is not None:
         settings = settings.model_copy(update={"evaluation": settings.evaluation.model_copy(update={"apply_gate": apply_gate})})
     ev = eval_set(settings, eval_set_path, limit)
-    canary_set = load_canary(settings.evaluation.canary)
+    canary_set = load_canary(settings.evaluation.canary, limit)
     registry = Registry(settings.adapters_dir, settings.locks_dir)
     specs, notes = arena.arm_specs(arms or settings.evaluation.arms, registry)
     needs_index = any(s.retrieval for s in specs)
     chunks = open_retriever(settings, table).table if needs_index else None
-    calibration = grounding_calibration(settings, ev, table, arena.table_version(chunks)) if needs_index else None
+    calibration = grounding_calibration(settings, ev, table, arena.table_version(chunks), limit) if needs_index else None
     settings = settings.with_support_threshold(calibration.threshold if calibration else settings.retrieval.min_support)
 
     runs = [answer_arm(spec, ev.rows, settings, table) for spec in specs]
@@ -195,8 +215,22 @@ def evaluate(
     }
     fresh = arena.freshness(runs, chunks)
     scores = score_arms(runs, fresh, settings)
+    alongside = []
+    from tasks.synth import latest as latest_synthetic
+
+    if settings.evaluation.synthetic and eval_set_path != SYNTHETIC and latest_synthetic(settings.synth_dir) is None:
+        notes.append(f"evaluation.synthetic is set but {settings.synth_dir} holds no synthetic set yet: run `ragtune synth`")
+    elif settings.evaluation.synthetic and eval_set_path != SYNTHETIC:  # the same arms on questions nobody labelled
+        synthetic = eval_set(settings, SYNTHETIC, limit)
+        synthetic_runs = [answer_arm(spec, synthetic.rows, settings, table) for spec in specs]
+        score_arms(synthetic_runs, {}, settings)
+        alongside.append(AlongsideSet(name="synthetic", path=str(synthetic.path), split=synthetic.split, eval_hash=synthetic.hash,
+                                      questions=len(synthetic.rows), arms=[_arm_result(r) for r in synthetic_runs]))
     score_arms(list(canary.values()), {}, settings)
     gate = promotion_gate(runs, canary, settings)
+    if limit:
+        threshold = calibration.origin() if calibration else "not needed (no retrieval arm)"
+        notes.append(limit_note(limit, len(ev.rows), threshold, len(canary_set.rows), gate.applied if gate else None))
 
     # Microseconds and a random tail: two evaluations started in the same second get their own run.
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + uuid.uuid4().hex[:4]
@@ -205,12 +239,13 @@ def evaluate(
         questions=len(ev.rows), table=table or settings.store.table, table_version=arena.table_version(chunks),
         generator=settings.generator.model,
         settings={"generator": settings.generator.model_dump(mode="json"), "retrieval": settings.retrieval.model_dump(mode="json"),
-                  "notes": notes},
+                  "notes": notes, "limit": limit},
         arms=[_arm_result(r) for r in runs],
         canary={m: {k: v.as_dict() for k, v in c.metrics.items()} for m, c in canary.items()},  # type: ignore[misc]
         gate=gate,
         fresh_questions=max((sum(f) for f in fresh.values()), default=0),
         calibration=asdict(calibration) if calibration else None,
+        alongside=alongside,
     )
     records = _records(run_id, runs, scores, fresh)
     out_dir = settings.reports_dir / run_id
@@ -218,19 +253,21 @@ def evaluate(
     files = write_run(result, records, out_dir, history)
     if gate is not None and gate.applied:
         apply_verdict(gate, registry, run_id)
-    summary = summary_markdown(result, files)
+    summary = summary_markdown(result, files) + notes_markdown(notes)
     primary = settings.evaluation.primary
     news = [events.evaluation_completed(result, primary, str(files.html)),
             events.evaluation_regressed(result, events.previous_run([h for h, _ in history], result), primary, str(files.html))]
+    limited = f", limited run (limit {limit})" if limit else ""
     create_markdown_artifact(key="evaluation", markdown=summary + events_markdown([e for e in news if e]),
-                             description=f"arena on {ev.path} ({len(ev.rows)} questions)")
+                             description=f"arena on {ev.path} ({len(ev.rows)} questions{limited})")
     create_table_artifact(
         key="arena-metrics",
         table=[{"arm": a.name, **{k: v.value for k, v in a.metrics.items() if not k.startswith("latency_p")}} for a in result.arms],
         description="metric values per arm (intervals in the report)",
     )
-    return {"run_id": run_id, "report": str(files.html), "markdown": str(files.markdown), "summary": summary,
-            "gate": gate.model_dump() if gate else None, "notes": notes, "events": [e.name for e in emit(news)]}
+    return {"run_id": run_id, "report": str(files.html), "markdown": str(files.markdown), "results": str(out_dir / "results.json"),
+            "summary": summary, "gate": gate.model_dump() if gate else None, "notes": notes, "limit": limit,
+            "events": [e.name for e in emit(news)]}
 
 
 def write_run(result: EvalRun, records: list[QuestionRecord], out_dir: Path, history: list[tuple[EvalRun, Path]]) -> Any:
@@ -243,6 +280,8 @@ def write_run(result: EvalRun, records: list[QuestionRecord], out_dir: Path, his
     with open(tmp / "questions.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(r.model_dump_json() + "\n")
+    if not result.settings.get("limit"):  # a full run's per-question changes are against the last full run
+        history = [(h, d) for h, d in history if not h.settings.get("limit")]
     previous = read_records(history[-1][1]) if history else None
     write_report(result, records, tmp, history=[h for h, _ in history], previous_records=previous)
     os.replace(tmp, out_dir)

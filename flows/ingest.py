@@ -24,7 +24,7 @@ from data_contracts.suites import chunk_suite, document_suite
 from flows import runners
 from flows.events import emit
 from tasks import events, faults, ingest as steps
-from tasks.config import Settings, load_settings
+from tasks.config import config_path, Settings, load_settings
 from tasks.models import load_embedder_for
 from tasks.progress import progress_bar
 from tasks.report import ingest_markdown, write_manifest
@@ -171,7 +171,8 @@ def ingest(
             description=f"ingest of {source_root} into {settings.store.table}",
         )
     # After the manifest is written: the event says what this run changed (tasks/events.py).
-    emit([events.ingest_completed(manifest, settings.events.retrain_changed_share, suggest_retrain=suggest_retrain)])
+    emit([events.ingest_completed(manifest, settings.events.retrain_changed_share, suggest_retrain=suggest_retrain,
+                                  config_file=config_path(config_file))])
     return manifest.model_dump(mode="json")
 
 

@@ -57,7 +57,8 @@ def chain_steps(
     # suggest_retrain=False: the chain retrains next itself, so the retrain-on-change automation must not too
     ingest_p = given(source=source, table=table, config_file=config_file, suggest_retrain=False)
     retrain_p = given(force=force_train, max_steps=max_steps, table=table, config_file=config_file)
-    evaluate_p = given(arms=arms, limit=limit, table=table, config_file=config_file)
+    # A limited run is a smoke run: report-only, also on a server where the deployment's form says apply_gate: true.
+    evaluate_p = given(arms=arms, limit=limit, apply_gate=False if limit else None, table=table, config_file=config_file)
     return [
         Step("ingest", deployments["ingest"], ingest_p, lambda: ingest(**ingest_p)),
         Step("retrain", deployments["retrain"], retrain_p, lambda: retrain(**retrain_p)),
@@ -129,7 +130,7 @@ def nightly(
         force_train: train even when dataset, base model and recipe are unchanged.
         max_steps: cap on training steps (default from `training.max_steps`).
         arms: arena arms (default `evaluation.arms`).
-        limit: evaluate only the first N questions.
+        limit: a smoke run: N questions, N calibration rows, N canary questions; the gate reports only.
         table: chunk table (default from settings).
         config_file: optional TOML settings file.
         ingest_deployment: deployment of the ingest step when the chain runs on a server.

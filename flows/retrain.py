@@ -60,8 +60,9 @@ def retrain(
         force: train even when dataset, base model and recipe are unchanged.
         max_steps: cap on optimizer steps for this run (default from `training.max_steps`).
         table: chunk table for the retrieval-aware examples (default from settings).
-        config_file: optional TOML settings file.
+        config_file: optional TOML settings file ("" = none, as an automation passes on an ingest that had none).
     """
+    config_file = config_file or None
     settings = load_settings(config_file)
     built = build_dataset(table=table, config_file=config_file)
     dataset = datasets.load(Path(built["path"]))

@@ -63,6 +63,8 @@ class Calibration:
     generator: str = ""  # fingerprint of the generator whose drafts it was chosen on
     scope: dict[str, Any] = field(default_factory=dict)  # what else `ask` must share to use it (`answer_scope`)
     created_at: str = ""
+    rows: int = 0  # calibration rows drafted for it (0: nothing drafted)
+    limited: bool = False  # drafted on the first rows only (a limited run): used by that run, never saved
 
     @classmethod
     def default_kept(cls, default: float, wrong_cost: float, reason: str, **measured: Any) -> "Calibration":
@@ -72,6 +74,21 @@ class Calibration:
                    at_threshold=dict(counts.get("at_default", {})), **counts)
 
     def summary(self) -> str:
+        text = self._summary()
+        if self.limited:
+            text += f" (limited run: drafted only the first {self.rows} calibration rows; not saved for other runs)"
+        return text
+
+    def origin(self) -> str:
+        """The threshold and where it came from, in a few words (a limited run's notes)."""
+        t = f"{self.threshold:.3f}"
+        if self.limited:
+            return f"{t} from drafts to the first {self.rows} calibration rows only (not saved)"
+        if self.key:  # drafted now or stored: made on every calibration row
+            return f"{t} from a calibration on every calibration row"
+        return f"{t}, the default ({self.reason})"
+
+    def _summary(self) -> str:
         if not self.calibrated:
             seen = ""
             if self.drafts:
@@ -247,6 +264,7 @@ def calibrate_grounding(
     evaluated: "EvalSet",
     table: str | None,
     table_version: int | None,
+    limit: int | None = None,
 ) -> Calibration:
     """The grounding threshold for an evaluation of `evaluated`: fitted on the base generator's drafts
     to the `evaluation.calibration_split` rows of the same file, or the default with the reason.
@@ -254,9 +272,13 @@ def calibrate_grounding(
     The base generator drafts for every retrieval arm: the adapters were trained on that split, so
     their drafts there would look better than on unseen questions. A stored calibration is reused
     while the generator, the retrieval and generation settings, the rows and the index are unchanged.
+
+    `limit` (a limited run): a stored calibration of the full rows is still reused; otherwise only the
+    first `limit` rows are drafted, and the result serves this run only: it is not saved, so full runs
+    and `ask` never pick up a threshold fitted on a few rows.
     """
     from tasks.arena import ArmSpec, run_arm
-    from tasks.evalset import EvalSetError, load_eval_set
+    from tasks.evalset import EvalSetError, first, load_eval_set
     from tasks.ground import DEFAULT_WEIGHTS
     from tasks.models import generator_fingerprint
     from tasks.progress import progress_bar
@@ -278,20 +300,28 @@ def calibrate_grounding(
         reason = f"{len(shared)} calibration rows are also evaluated (e.g. {sorted(shared)[0]!r}): evaluate a split without them"
         return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
     generator = generator_fingerprint(settings.generator.model, settings.models_dir)
-    key = calibration_key({
+    parts = {
         "generator": generator, "generation": settings.generator.model_dump(mode="json"),
         "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
         "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash,
         "table": table or settings.store.table, "table_version": table_version,
         "wrong_cost": e.calibration_wrong_cost, "default": default,
-    })  # fmt: skip
+    }  # fmt: skip
+    key = calibration_key(parts)
     stored = load_calibration(settings.calibration_file, key)
     if stored is not None:
         return stored
+    drafted = first(rows, limit)
     answerer = make_answerer(settings, table, retrieval=True, min_support=0.0)  # withhold nothing: every draft is judged
-    with progress_bar(f"{'calibration':>16}", len(rows.rows), unit="q") as advance:
-        run = run_arm(ArmSpec("calibration", "rag", True), rows.rows, answerer, search_filters(settings),
+    with progress_bar(f"{'calibration':>16}", len(drafted.rows), unit="q") as advance:
+        run = run_arm(ArmSpec("calibration", "rag", True), drafted.rows, answerer, search_filters(settings),
                       settings.generator.batch_size, on_batch=advance)  # fmt: skip
     supports, right = draft_labels(run.results, ScoringRules(k=settings.retrieval.k))
     calibration = choose_threshold(supports, right, e.calibration_wrong_cost, default)
+    calibration.rows = len(drafted.rows)
+    if len(drafted.rows) < len(rows.rows):
+        calibration.limited = True
+        calibration.key, calibration.generator = calibration_key({**parts, "rows": drafted.hash}), generator
+        calibration.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return calibration
     return save_calibration(calibration, settings.calibration_file, key, generator, scope=answer_scope(settings, table))

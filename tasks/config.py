@@ -76,6 +76,13 @@ class RetrievalSettings(BaseModel):
     calibrated_support: bool = Field(
         True, description="Use the threshold the last evaluation calibrated for this generator instead of `min_support`, when there is one."
     )
+    # "trained" passed the adoption rule on SmolLM2's HaluEval drafts (AUROC 0.719 vs 0.579) but was fitted on
+    # single-passage drafts without citations, not the answerer's: opt-in (bench/results/grounding-latest.md).
+    grounding_scorer: str = Field(
+        "lexical", pattern=r"^(?:lexical|trained:.+)$",
+        description='"lexical" (LexicalSemanticScorer) or "trained:<path>" (a model JSON written by bench/grounding.py; '
+        "without an explicit `min_support` its own threshold applies).",
+    )
 
 
 class ChunkSettings(BaseModel):
@@ -140,7 +147,9 @@ class StoreSettings(BaseModel):
     )
     storage_options: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="Object-store options passed to LanceDB (aws_endpoint, aws_region, aws_access_key_id, ...); "
+        description="Object-store options passed to LanceDB and the writer lease (s3: aws_endpoint, aws_region, "
+        "aws_access_key_id, ...; gs: google_service_account_key or google_service_account, ...; az: "
+        "azure_storage_account_name, azure_storage_account_key or azure_storage_sas_token, ...); "
         "values are secrets and never logged. Set them with RAGTUNE_STORE__STORAGE_OPTIONS='{...}'.",
     )
     ann_min_rows: int = Field(
@@ -163,6 +172,9 @@ class DatasetSettings(BaseModel):
         None, description="JSONL of question -> answer(s) for retrieval-aware (RAFT) examples, e.g. an FAQ."
     )
     qa_split: str | None = Field("train", description="Use only qa_pairs rows with this `split` (null = all rows).")
+    synthetic: bool = Field(
+        False, description="Also make RAFT examples from the training pool (`train` rows) of the latest synthetic set (`ragtune synth`)."
+    )
     groups: list[str] = Field(
         default_factory=list,
         description="Access groups whose chunks RAFT rows may use (default: public chunks only). An adapter trained on "
@@ -179,6 +191,11 @@ class DatasetSettings(BaseModel):
         0.2, ge=0, le=1, description="Share of RAFT examples that target the abstention (unanswerable pairs count towards it)."
     )
     closed_book: bool = Field(True, description="Also add each QA pair without sources (the `lora` arm's format).")
+    replay_share: float = Field(
+        0.0, ge=0, lt=1, description="Share of general-ability replay rows against forgetting: general prompts answered "
+        "by the base generator itself, so the adapter keeps answering them as the base model does (0 = none)."
+    )
+    replay_prompts: Path | None = Field(None, description="JSONL of `prompt` lines for replay (default: the shipped tasks/replay.jsonl).")
     answer_template: str = Field(
         "{answer} [{source}].", description="Target answer format; {answer} and {source} (citation number)."
     )
@@ -193,6 +210,35 @@ class DatasetSettings(BaseModel):
     )
     max_duplicate_rate: float = Field(0.05, ge=0, le=1, description="Above this share of duplicate rows the build fails.")
     max_reject_rate: float = Field(0.5, ge=0, le=1, description="Above this share of rejected rows the build fails.")
+    seed: int = 0
+
+
+class SynthSettings(BaseModel):
+    """Synthetic questions from the chunks alone (`ragtune synth`, `tasks/synth.py`)."""
+
+    strategies: list[Literal["rules", "generator", "unanswerable"]] = Field(
+        default_factory=lambda: ["rules", "unanswerable"],
+        description="rules: cloze sentence to question; generator: the configured LLM writes the question for a "
+        "chosen answer span (off by default: the packaged 135M model wrote a usable question for 8 of 112 spans, "
+        "none survived the filters); unanswerable: a detail of a kept question changed to one no chunk holds.",
+    )
+    groups: list[str] = Field(
+        default_factory=list, description="Access groups whose chunks questions may come from (default: public only)."
+    )
+    max_chunks: int = Field(400, ge=1, description="Chunks sampled (round-robin over documents, so every document counts).")
+    spans_per_chunk: int = Field(2, ge=1, le=20, description="Answer spans taken from one chunk.")
+    unanswerable_share: float = Field(0.2, ge=0, lt=1, description="Share of unanswerable questions in the kept set.")
+    eval_share: float = Field(0.3, ge=0, lt=1, description="Share of documents whose questions form the evaluation set.")
+    round_trip_k: int | None = Field(None, ge=1, le=100, description="The source chunk must be in this many top hits (default retrieval.k).")
+    reader_check: bool = Field(
+        True, description="Round trip: keep a question only when the generator, given its source chunk, answers it."
+    )
+    duplicate_cosine: float = Field(0.92, gt=0, le=1, description="Questions this similar to a kept one are near-duplicates.")
+    min_question_words: int = Field(4, ge=1)
+    max_question_words: int = Field(40, ge=1)
+    max_answer_words: int = Field(8, ge=1)
+    max_minutes: float = Field(30.0, gt=0, description="Stop drafting after this long; a rerun resumes where it stopped.")
+    batch_chunks: int = Field(16, ge=1, le=4096, description="Chunks drafted between two saved checkpoints.")
     seed: int = 0
 
 
@@ -237,6 +283,10 @@ class EvaluationSettings(BaseModel):
     apply_gate: bool = Field(True, description="Promote or reject the candidate in the registry (false = report only).")
     calibrate_grounding: bool = Field(
         True, description="Before the arms run, fit the grounding threshold on the generator's own drafts (tasks/calibrate.py)."
+    )
+    synthetic: bool = Field(
+        False, description="Also score the held-out rows of the latest synthetic set (`ragtune synth`) beside the evaluation "
+        "set, in the same run: reported, never gated on."
     )
     calibration_split: str = Field("train", description="Rows of the evaluation file with this split are drafted for calibration.")
     calibration_limit: int | None = Field(None, ge=1, description="Calibrate on at most this many rows.")
@@ -296,6 +346,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    synth: SynthSettings = Field(default_factory=SynthSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
@@ -347,6 +398,10 @@ class Settings(BaseSettings):
         return self.home / "datasets"
 
     @property
+    def synth_dir(self) -> Path:
+        return self.home / "synth"
+
+    @property
     def adapters_dir(self) -> Path:
         return self.home / "adapters"
 
@@ -376,14 +431,20 @@ class Settings(BaseSettings):
         return self.torch_threads or (os.cpu_count() or 1)
 
 
+def config_path(config_file: Path | str | None = None) -> str | None:
+    """The settings file a run reads: `config_file`, else `$RAGTUNE_CONFIG`, else `./ragtune.toml` if it exists."""
+    path = config_file or os.environ.get("RAGTUNE_CONFIG")
+    if not path and Path("ragtune.toml").is_file():
+        path = "ragtune.toml"
+    return str(path) if path else None
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Build settings from overrides, `RAGTUNE_*` env vars and an optional TOML file.
 
     The file is `config_file`, else `$RAGTUNE_CONFIG`, else `./ragtune.toml` if it exists.
     """
-    path = config_file or os.environ.get("RAGTUNE_CONFIG")
-    if path is None and Path("ragtune.toml").is_file():
-        path = "ragtune.toml"
+    path = config_path(config_file)
     if path is not None and not Path(path).is_file():
         raise FileNotFoundError(f"config file {path} does not exist: fix the path or unset RAGTUNE_CONFIG")
     token = _config_file.set(Path(path) if path else None)

@@ -242,6 +242,48 @@ def raft_examples(
     return rows, rejects
 
 
+# --- replay against forgetting ---------------------------------------------------------------------
+
+REPLAY = Path(__file__).with_name("replay.jsonl")
+
+
+def replay_count(share: float, others: int, available: int) -> int:
+    """Replay rows that make up `share` of the final set (at most the prompts there are)."""
+    return min(available, round(share * others / (1 - share))) if share > 0 else 0
+
+
+def replay_examples(prompts: Sequence[str], answer: Callable[[list[str]], list[str]], count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` general prompts (seeded order) in the closed-book format, each target the base
+    generator's own answer (`answer`): self-distillation, so training on the organisation's data does
+    not move what the model says to everything else. Empty answers are left out."""
+    chosen = sorted(prompts, key=lambda p: _rank_key(seed, "replay", p))[:count]
+    rows = []
+    for prompt, reply in zip(chosen, answer(chosen) if chosen else []):
+        if reply.strip():
+            rows.append(_row("replay", f"replay:{prompt}", base_messages(prompt) + [{"role": "assistant", "content": reply.strip()}],
+                             prompt, group_key=f"replay:{prompt}"))
+    return rows
+
+
+def base_answers(settings: Any, prompts: list[str]) -> list[str]:
+    """The base generator's closed-book answers to `prompts`, cached per generator under the datasets folder."""
+    from tasks.generate import Generator
+    from tasks.models import generator_fingerprint, load_generator
+
+    g = settings.generator
+    fingerprint = generator_fingerprint(g.model, settings.models_dir)
+    cache_file = settings.datasets_dir / f"replay-{hashlib.sha256((fingerprint + str(g.max_new_tokens)).encode()).hexdigest()[:12]}.json"
+    cache: dict[str, str] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    missing = [p for p in prompts if p not in cache]
+    if missing:
+        model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, dtype=g.dtype)
+        generator = Generator(model, tokenizer, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
+        cache.update({p: out.text for p, out in zip(missing, generator.generate([base_messages(p) for p in missing]))})
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(cache_file, json.dumps(cache, indent=1, ensure_ascii=False))
+    return [cache[p] for p in prompts]
+
+
 # --- rows and their contract columns --------------------------------------------------------------
 
 
@@ -527,14 +569,24 @@ def chat_token_counter(tokenizer: Any) -> Callable[[Messages], int]:
     return count
 
 
+def synthetic_set(settings: Any) -> Path:
+    """The latest synthetic set (`ragtune synth`), or a clear error when there is none."""
+    from tasks.synth import latest
+
+    path = latest(settings.synth_dir)
+    if path is None:
+        raise DatasetError(f"dataset.synthetic is set but {settings.synth_dir} holds no synthetic set: run `ragtune synth` first")
+    return path
+
+
 def build(settings: Any, table: str | None = None) -> DatasetBuild:
     """Read the configured sources, build RAFT rows over the index, run the contract. Saves nothing."""
     from tasks.models import load_embedder_for, load_generator_tokenizer
     from tasks.resources import open_retriever, search_filters
 
     d = settings.dataset
-    if d.instructions_dir is None and d.qa_pairs is None:
-        raise DatasetError("no training data configured: set dataset.instructions_dir and/or dataset.qa_pairs")
+    if d.instructions_dir is None and d.qa_pairs is None and not d.synthetic:
+        raise DatasetError("no training data configured: set dataset.instructions_dir, dataset.qa_pairs and/or dataset.synthetic")
     tokenizer = load_generator_tokenizer(settings.generator.model, settings.models_dir)
     rows: list[dict[str, Any]] = []
     rejects: list[Reject] = []
@@ -545,9 +597,24 @@ def build(settings: Any, table: str | None = None) -> DatasetBuild:
         rows += found
         rejects += bad
         sources["instructions_dir"] = str(d.instructions_dir)
-    if d.qa_pairs is not None:
-        pairs, bad = qa_pairs(Path(d.qa_pairs), d.qa_split)
-        rejects += bad
+    pair_files = [(Path(d.qa_pairs), d.qa_split)] if d.qa_pairs is not None else []
+    synthetic = None
+    if d.synthetic:
+        try:
+            synthetic = synthetic_set(settings)
+        except DatasetError as e:  # an addition, not the only source: build without it and say so
+            if d.qa_pairs is None and d.instructions_dir is None:
+                raise
+            sources["synthetic"] = f"skipped: {e}"
+    if synthetic is not None:
+        pair_files.append((synthetic, "train"))  # its training pool; its `test` rows are held-out documents
+        sources["synthetic"] = str(synthetic)
+    if pair_files:
+        pairs: list[QAPair] = []
+        for path, split in pair_files:
+            found_pairs, bad = qa_pairs(path, split)
+            pairs += found_pairs
+            rejects += bad
         retriever = open_retriever(settings, table)
         version = int(retriever.table.version)
         found, bad = raft_examples(
@@ -564,10 +631,23 @@ def build(settings: Any, table: str | None = None) -> DatasetBuild:
         )
         rows += found
         rejects += bad
-        sources.update(qa_pairs=str(d.qa_pairs), qa_split=d.qa_split, table=table or settings.store.table, pairs=len(pairs))
+        sources.update(qa_pairs=str(d.qa_pairs) if d.qa_pairs else None, qa_split=d.qa_split,
+                       table=table or settings.store.table, pairs=len(pairs))
+    if d.replay_share > 0:
+        path = Path(d.replay_prompts or REPLAY)
+        prompts = [str(r["prompt"]) for _, r, _ in jsonl_rows(path) if r and r.get("prompt")]
+        count = replay_count(d.replay_share, len(rows), len(prompts))
+        rows += replay_examples(prompts, lambda chosen: base_answers(settings, chosen), count, d.seed)
+        sources["replay"] = {"prompts": str(path), "rows": count}
     eval_questions = evaluation_questions(d.eval_sets, d.eval_split)
     if settings.evaluation.path is not None:  # the set the arena scores never leaks into training
         eval_questions += evaluation_questions([settings.evaluation.path], settings.evaluation.split)
+    if synthetic is not None:  # nor does the synthetic evaluation set
+        eval_questions += evaluation_questions([synthetic], "test")
+    if d.replay_share > 0:  # nor the canary that measures forgetting (replay prompts must not be its questions)
+        from tasks.evalset import CANARY
+
+        eval_questions += evaluation_questions([settings.evaluation.canary or CANARY], None)
     embedder = load_embedder_for(settings)
     add_contract_columns(rows, chat_token_counter(tokenizer), embedder.embed, eval_questions, d.pii, d.pii_allow)
     assign_splits(rows, d.validation_share, d.seed)

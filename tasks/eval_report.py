@@ -381,6 +381,38 @@ def _decision_blocks(run: EvalRun) -> list[_Block]:
     ]  # fmt: skip
 
 
+def rank_agreement(a: Sequence[ArmResult], b: Sequence[ArmResult], metric: str = "f1") -> tuple[int, int]:
+    """(concordant, compared) pairs of arms ordered the same way by `metric` on two sets: does the
+    set nobody labelled rank the customisations as the labelled one does? Ties and gaps are not compared."""
+    va = {x.name: x.metrics.get(metric) for x in a}
+    vb = {x.name: x.metrics.get(metric) for x in b}
+    names = [n for n in va if n in vb and va[n] and vb[n] and va[n].value is not None and vb[n].value is not None]
+    concordant = compared = 0
+    for i, x in enumerate(names):
+        for y in names[i + 1 :]:
+            da, db = va[x].value - va[y].value, vb[x].value - vb[y].value  # type: ignore[union-attr,operator]
+            if da and db:
+                compared += 1
+                concordant += (da > 0) == (db > 0)
+    return concordant, compared
+
+
+def _alongside_blocks(run: EvalRun) -> list[_Block]:
+    blocks: list[_Block] = []
+    for other in run.alongside:
+        view = run.model_copy(update={"arms": other.arms, "questions": other.questions})
+        same, pairs = rank_agreement(run.arms, other.arms)
+        blocks += [
+            _Heading(2, f"On the {other.name} evaluation set (not gated)"),
+            _Para([f"{other.questions} questions from ", ("code", other.path), f" (split {other.split}): generated from documents "
+                   "that fed no training, answered by the same arms with the same threshold in this run."]),
+            *_decision_blocks(view),
+            _Para(f"Ranking agreement with the labelled set (token F1): {same} of {pairs} pairs of arms in the same order."
+                  if pairs else "Ranking agreement: too few arms with F1 on both sets to compare."),
+        ]
+    return blocks
+
+
 def decision_markdown(run: EvalRun) -> str:
     """The decision table as Markdown (CLI output, Prefect artifacts)."""
     return _to_markdown(_decision_blocks(run))
@@ -727,6 +759,7 @@ def _report_blocks(
 
     blocks: list[_Block] = _facts(run)
     blocks += [_Heading(2, "RAG vs fine-tuning: the decision table")] + _decision_blocks(run)
+    blocks += _alongside_blocks(run)
     blocks += [_Heading(2, "Promotion gate")] + _gate_blocks(run)
     blocks += [_Heading(2, "Grounding threshold")] + (_calibration_blocks(run) or [_Para("No retrieval arm ran.")])
     blocks += [_Heading(2, "Arms")] + _overview_blocks(run)
@@ -786,6 +819,7 @@ def summary_markdown(run: EvalRun, report: ReportFiles | None = None) -> str:
     blocks: list[_Block] = [
         _Heading(3, [f"Evaluation {run.run_id}: {run.questions} questions from ", ("code", run.eval_path)]),
         *_decision_blocks(run),
+        *_alongside_blocks(run),
         *_gate_blocks(run),
         *_calibration_blocks(run),
     ]

@@ -65,6 +65,32 @@ def load_eval_set(path: Path, split: str | None = None, limit: int | None = None
     return EvalSet(Path(path), split, chosen[:limit] if limit else chosen)
 
 
-def load_canary(path: Path | None = None) -> EvalSet:
-    """The general-ability canary questions (the shipped set unless configured)."""
-    return load_eval_set(path or CANARY)
+def first(evalset: EvalSet, limit: int | None) -> EvalSet:
+    """The first `limit` rows of `evalset` (all of them without a limit)."""
+    return EvalSet(evalset.path, evalset.split, evalset.rows[:limit]) if limit else evalset
+
+
+def load_canary(path: Path | None = None, limit: int | None = None) -> EvalSet:
+    """The general-ability canary questions (the shipped set unless configured), first `limit`."""
+    return load_eval_set(path or CANARY, limit=limit)
+
+
+def limit_note(limit: int, questions: int, calibration: str, canary_questions: int, gate_applied: bool | None) -> str:
+    """What a limited run (`--limit N`) bounded and what it left alone, for its notes and summary.
+
+    The rule: the same N bounds the evaluated questions, the calibration rows drafted and the canary
+    questions; the run is report-only unless the gate was explicitly asked for.
+    """
+    if gate_applied is None:
+        gate = "no gate this run"
+    elif gate_applied:
+        gate = "the gate's verdict was applied to the registry because it was explicitly asked for"
+    else:
+        gate = "the gate's verdict is reported, not applied (pass apply_gate=True / --gate to apply it)"
+    return (f"limited run (limit {limit}): {questions} questions, {canary_questions} canary questions, grounding "
+            f"threshold {calibration}; not comparable with a full run; {gate}")
+
+
+def notes_markdown(notes: list[str]) -> str:
+    """A run's notes (arms that could not run, a limited run), to append to its summary."""
+    return "".join(f"\n\nNote: {n}" for n in notes)

@@ -25,6 +25,8 @@ A re-ingested document rewrites all of its chunks, even when one paragraph chang
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -64,8 +66,11 @@ def changed_share(before: int, written: int, after: int) -> tuple[int, float]:
     return removed, (0.0 if denominator == 0 else min(1.0, (written + removed) / denominator))
 
 
-def ingest_completed(manifest: IngestManifest, retrain_share: float, suggest_retrain: bool = True) -> RagtuneEvent:
-    """The run's event; `suggest_retrain=False` (a caller that retrains itself) keeps the label "false"."""
+def ingest_completed(
+    manifest: IngestManifest, retrain_share: float, suggest_retrain: bool = True, config_file: str | None = None
+) -> RagtuneEvent:
+    """The run's event; `suggest_retrain=False` (a caller that retrains itself) keeps the label "false".
+    `config_file` (absolute, "" for none) is passed on, so the retrain it triggers reads the same settings."""
     c = manifest.counts
     removed, share = changed_share(c.chunks_before, c.chunks_written, c.chunks_total)
     above = share > retrain_share
@@ -79,6 +84,7 @@ def ingest_completed(manifest: IngestManifest, retrain_share: float, suggest_ret
             "prefect.resource.name": manifest.table,
             "ragtune.table": manifest.table,
             "ragtune.source-root": manifest.source_root,
+            "ragtune.config-file": str(Path(config_file).resolve()) if config_file else "",
             RETRAIN_SUGGESTED: "true" if suggested else "false",
         },
         {

@@ -7,8 +7,9 @@ The default `LexicalSemanticScorer` combines two signals per answer sentence and
 - semantic: the best cosine between the sentence and one sentence of the source, not the whole
   source, whose vector is diluted by everything else it says.
 The two are combined by a logistic function whose weights and threshold were fitted on real data by
-`bench/grounding.py` (see `DEFAULT_*` below). Anything with the same `score` method, for example a
-trained classifier, can stand in for it (`GroundingScorer`).
+`bench/grounding.py` (see `DEFAULT_*` below). Anything with the same `score` method can stand in for
+it (`GroundingScorer`), for example the trained `tasks/ground_model.py:TrainedGroundingScorer`
+(`retrieval.grounding_scorer = "trained:<path>"`).
 
 Sentences that claim nothing checkable are never reported as unsupported and don't count in
 `answer_support`: refusals ("the documents don't say") and sentences without a content token ("Yes.",

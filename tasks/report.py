@@ -83,10 +83,11 @@ def dataset_markdown(summary: dict[str, Any], rejects: Sequence[Any], show: int 
         "",
         f"Saved at `{summary['path']}`; rejected rows in `{summary['rejects']}`.",
         "",
-        "| train | validation | rejected | instruction | raft | raft without oracle | closed-book | PII found | tokens | longest |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| train | validation | rejected | instruction | raft | raft without oracle | closed-book | replay | PII found | tokens | longest |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {c['train']} | {c['validation']} | {c['rejected']} | {c['by_kind'].get('instruction', 0)} | "
         f"{c['by_kind'].get('raft', 0)} | {c['raft_without_oracle']} | {c['by_kind'].get('closed_book', 0)} | "
+        f"{c['by_kind'].get('replay', 0)} | "
         f"{c['pii_found']} | {c['tokens']['total']} | {c['tokens']['max']} |",
     ]
     if c["rejects_by_reason"]:
@@ -122,4 +123,26 @@ def retrain_markdown(result: dict[str, Any]) -> str:
             f"| `{a['name']}` | {a['status']} | {t.get('steps')} | {a['train_loss']:.4f} | "
             f"{'-' if val is None else f'{val:.4f}'} | {a['tokens_per_s']:.0f} | {a['wall_s']:.0f} | {t.get('peak_rss_mb', 0):.0f} |",
         ]
+    return "\n".join(lines)
+
+
+def synth_markdown(summary: dict[str, Any]) -> str:
+    """A synthesis run: how many questions each strategy made and kept, what each filter dropped, the split."""
+    f = summary["funnel"]
+    lines = [
+        f"# Synthetic questions `{summary['hash'][:12]}`",
+        "",
+        f"Saved at `{summary['path']}` (evaluation-set format: `split` train = training pool, test = evaluation set).",
+        f"Chunks drafted: {summary['chunks_drafted']} of {summary['chunks_sampled']} sampled"
+        + (f"; **stopped at the time budget** ({summary['max_minutes']} min): rerun to continue." if summary["stopped_early"] else "."),
+        "",
+        "| strategy | generated | kept | survival |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {s} | {n} | {f['kept'].get(s, 0)} | {f['survival'].get(s, 0):.0%} |" for s, n in sorted(f["generated"].items())]
+    if f["dropped_by_filter"]:
+        lines += ["", "| filter | dropped |", "|---|---:|"]
+        lines += [f"| {_md_escape(k)} | {v} |" for k, v in sorted(f["dropped_by_filter"].items(), key=lambda kv: -kv[1])]
+    lines += ["", f"Split by document: {f['documents']['train']} documents train ({f['splits'].get('train', 0)} questions), "
+              f"{f['documents']['test']} evaluate ({f['splits'].get('test', 0)} questions)."]
     return "\n".join(lines)

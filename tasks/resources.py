@@ -58,16 +58,26 @@ def serving_adapter(settings: Settings, ref: str | None, groups: Sequence[str] |
 
 def support_threshold(settings: Settings, table: str | None = None) -> float:
     """The grounding threshold answers are held to: the one the last evaluation calibrated for this
-    generator, index and settings when enabled and present (`tasks/calibrate.py`), else `retrieval.min_support`."""
+    generator, index and settings when enabled and present (`tasks/calibrate.py`), else `retrieval.min_support`.
+
+    With a trained grounding scorer (`retrieval.grounding_scorer = "trained:<path>"`) its scores are
+    probabilities, not lexical-semantic support: it uses its model's own threshold unless `min_support`
+    is set explicitly, and never a stored calibration (those do not record which scorer they were made with).
+    """
     from tasks.calibrate import answer_scope, calibrated_threshold
+    from tasks.ground_model import grounding_model_path, read_model
     from tasks.models import generator_fingerprint
 
-    if settings.retrieval.calibrated_support:
+    r = settings.retrieval
+    model_path = grounding_model_path(r.grounding_scorer)
+    if model_path is not None:
+        return r.min_support if "min_support" in r.model_fields_set else read_model(model_path).threshold
+    if r.calibrated_support:
         generator = generator_fingerprint(settings.generator.model, settings.models_dir)
         found = calibrated_threshold(settings.calibration_file, generator, answer_scope(settings, table))
         if found is not None:
             return found
-    return settings.retrieval.min_support
+    return r.min_support
 
 
 def make_answerer(
@@ -83,14 +93,14 @@ def make_answerer(
     """
     from tasks.answer import Answerer
     from tasks.generate import Generator
-    from tasks.ground import LexicalSemanticScorer
+    from tasks.ground_model import make_grounding_scorer
     from tasks.rerank import make_reranker
 
     g, r = settings.generator, settings.retrieval
     model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, adapter=adapter, dtype=g.dtype)
     generator = Generator(model, tokenizer, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
     retriever = open_retriever(settings, table) if retrieval else None
-    scorer = LexicalSemanticScorer(retriever.embedder) if retriever else None
+    scorer = make_grounding_scorer(r.grounding_scorer, retriever.embedder) if retriever else None
     return Answerer(
         retriever,
         generator,

@@ -5,7 +5,7 @@ their stale and deleted chunks) go in **one** `merge_insert` commit, so a failur
 the previous version untouched, and the ledger is written after it. A crash between the two only
 makes the next run re-parse those files; chunk ids are deterministic, so the re-upsert creates no
 duplicates. Keep one writer per table: `writer_lock` serialises runs on the same home with a local
-file lock and, for a table on s3://, across hosts with a lease object (`tasks/locks.py`).
+file lock and, for a table on s3://, gs:// or az://, across hosts with a lease object (`tasks/locks.py`).
 
 The store may live at an object-store URI (`store.uri`); its storage options hold credentials, so
 they are kept out of `uri`, `status()` and every error message (`redacted`).
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_contracts.schemas import chunk_schema, document_schema, vector_dimension
-from tasks.locks import LockError, S3Lease, held, is_object_store, lease_for
+from tasks.locks import Lease, LockError, held, is_object_store, lease_for
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ _redact = redacted  # the old private name
 class WriterLock:
     """What `writer_lock` yields: `check()` right before each write confirms this run still holds it."""
 
-    def __init__(self, lease: S3Lease | None = None, storage_options: Mapping[str, str] | None = None):
+    def __init__(self, lease: Lease | None = None, storage_options: Mapping[str, str] | None = None):
         self.lease = lease
         self._storage_options = storage_options
 
@@ -87,7 +87,7 @@ class WriterLock:
             raise StoreError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - never write when the lease cannot be confirmed
             raise StoreError(
-                f"cannot confirm the writer lease s3://{self.lease.bucket}/{self.lease.key}: "
+                f"cannot confirm the writer lease {self.lease.url}: "
                 f"{redacted(f'{type(e).__name__}: {e}', self._storage_options)}; this run stopped before writing"
             ) from None
 

@@ -17,7 +17,9 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ["RAGTUNE_PROGRESS"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-for key in [k for k in os.environ if k.startswith("RAGTUNE_") and k != "RAGTUNE_PROGRESS"]:
+# Settings a developer's shell may hold are cleared; the CI switches that make a missing tier fail are not.
+_KEEP = {"RAGTUNE_PROGRESS", "RAGTUNE_REQUIRE_SERVER_TIER", "RAGTUNE_REQUIRE_AZURITE"}
+for key in [k for k in os.environ if k.startswith("RAGTUNE_") and k not in _KEEP]:
     del os.environ[key]
 
 REPO = Path(__file__).resolve().parents[1]

@@ -217,9 +217,10 @@ def test_a_busy_lease_fails_clearly_and_a_stale_one_is_taken_over(tmp_path, s3_e
         assert not crashed.renew() and crashed.lost  # the old holder notices it lost the lease
 
 
-def test_gs_locking_is_refused_clearly(tmp_path):
-    with pytest.raises(StoreError, match="not supported for gs://"):
-        with writer_lock(tmp_path, "chunks", uri="gs://bucket/prefix", storage_options={}):
+def test_locking_a_store_without_a_lease_is_refused_clearly(tmp_path):
+    # gs:// and az:// have one too (tests/flows/test_object_store_gs_az.py); other schemes are refused.
+    with pytest.raises(StoreError, match="not supported for hdfs://"):
+        with writer_lock(tmp_path, "chunks", uri="hdfs://namenode/prefix", storage_options={}):
             pass
 
 

@@ -104,6 +104,19 @@ def test_arena_runs_every_arm_gates_the_candidate_and_writes_the_report(setup, t
     corpus, config = setup
     ingest(str(corpus), config_file=config)
     trained = retrain(config_file=config)["adapter"]["name"]
+
+    # A limited run is a smoke run: the same N bounds the questions, the calibration rows drafted and the
+    # canary; it reports the gate's verdict without acting on it and saves no calibration.
+    smoke = evaluate(limit=2, config_file=config)
+    small = EvalRun.model_validate_json(Path(smoke["results"]).read_text())
+    assert small.questions == 2 and {a.questions for a in small.arms} == {2} and small.settings["limit"] == 2
+    assert small.gate is not None and small.gate.numbers["canary_questions"] == 2 and not small.gate.applied
+    assert max(e.n for m in small.canary.values() for e in m.values()) <= 2
+    assert small.calibration is not None and small.calibration["limited"] and small.calibration["rows"] == 2
+    assert not (tmp_path / "home" / "calibration" / "grounding.json").exists()
+    assert any("limited run (limit 2)" in n for n in small.settings["notes"]) and "limited run" in smoke["summary"]
+    assert Registry(tmp_path / "home" / "adapters", tmp_path / "home" / "locks").get(trained).status == "candidate"
+
     out = evaluate(config_file=config)
 
     run_dir = Path(out["markdown"]).parent

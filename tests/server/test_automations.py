@@ -31,6 +31,8 @@ def test_an_ingest_that_changes_enough_starts_a_retrain_run(api):
         assert len(started) == 1, "the automation did not start exactly one retrain run"
         triggered = started[0]
         assert triggered["parameters"]["table"] == "auto_chunks"
+        # the ingest's settings file is passed on (absolute), so the retrain reads the same [dataset] and [training]
+        assert triggered["parameters"]["config_file"].endswith("/demo/ragtune.toml")
         assert triggered["created_by"]["type"] == "AUTOMATION"
         assert triggered["created_by"]["id"] == automations["ragtune-retrain-on-change"]["id"]
         # The event the automation fired on, as the server stored it: a first ingest changes every chunk.

@@ -149,3 +149,59 @@ def test_the_sweep_finds_the_same_threshold_as_trying_every_candidate():
         candidates = set(supports) | ({max(supports) + ABOVE} if max(supports) + ABOVE <= 1.0 else set())
         brute = max(sorted(candidates), key=lambda t: (utility(supports, right, t, cost), t))
         assert best_threshold(supports, right, cost) == brute
+
+
+def _calibration_file(tmp_path, train_rows: int):
+    """An evaluation file with `train_rows` calibration rows and three test rows."""
+    import json
+
+    path = tmp_path / "eval.jsonl"
+    rows = [{"id": f"t{i}", "question": f"Train {i}?", "answers": ["150 EUR"], "split": "train"} for i in range(train_rows)]
+    rows += [{"id": f"q{i}", "question": f"Test {i}?", "answers": ["x"], "split": "test"} for i in range(3)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _fake_drafting(monkeypatch) -> list[int]:
+    """Stand-ins for the answerer: every call records how many rows it drafted. Drafts alternate wrong
+    (support 0.3) and right (0.5, below the 0.61 default): enough of them calibrate to 0.5."""
+    from types import SimpleNamespace
+
+    import tasks.arena
+    import tasks.resources
+
+    drafted: list[int] = []
+
+    def run_arm(spec, rows, answerer, filters, batch_size, on_batch=None):
+        drafted.append(len(rows))
+        results = [_result("It is 150 EUR." if i % 2 else "It is 90 EUR.", 0.3 + 0.2 * (i % 2)) for i in range(len(rows))]
+        return SimpleNamespace(results=results)
+
+    monkeypatch.setattr(tasks.arena, "run_arm", run_arm)
+    monkeypatch.setattr(tasks.resources, "make_answerer", lambda *a, **kw: None)
+    return drafted
+
+
+def test_a_limited_run_drafts_at_most_n_calibration_rows_and_never_saves_them(home, tmp_path, monkeypatch):
+    from tasks.calibrate import calibrate_grounding
+    from tasks.config import load_settings
+    from tasks.evalset import load_eval_set
+
+    drafted = _fake_drafting(monkeypatch)
+    path = _calibration_file(tmp_path, train_rows=30)
+    settings = load_settings()
+    limited = calibrate_grounding(settings, load_eval_set(path, "test", 2), None, None, limit=2)
+    assert drafted == [2] and limited.rows == 2 and limited.limited and limited.drafts <= 2
+    assert not limited.calibrated and "limited run" in limited.summary() and "first 2" in limited.origin()
+    assert not settings.calibration_file.exists()  # full runs and `ask` must not reuse a 2-row threshold
+
+    full = calibrate_grounding(settings, load_eval_set(path, "test"), None, None)
+    assert drafted == [2, 30] and full.rows == 30 and not full.limited and full.calibrated and full.threshold == 0.5
+    assert settings.calibration_file.exists()
+    # A later limited run reuses the full calibration: nothing drafted, the full threshold held.
+    again = calibrate_grounding(settings, load_eval_set(path, "test", 2), None, None, limit=2)
+    assert drafted == [2, 30] and again.key == full.key and again.threshold == full.threshold and not again.limited
+    # A limit that leaves every calibration row is a full calibration: drafted once, then stored.
+    path.write_text(path.read_text().replace("Train 0?", "Train zero?"))
+    whole = calibrate_grounding(settings, load_eval_set(path, "test", 2), None, None, limit=50)
+    assert drafted == [2, 30, 30] and not whole.limited and load_calibration(settings.calibration_file, whole.key) is not None

@@ -220,3 +220,41 @@ def test_save_is_versioned_by_content_and_reuses_an_identical_build(tmp_path, to
     assert ds.save(build, tmp_path / "datasets") == path and (path / "dataset.json").stat().st_mtime_ns == mtime
     changed = ds.DatasetBuild(kept[:1], [], build.report, {})
     assert changed.hash != build.hash
+
+
+def test_synthetic_training_pool_needs_a_synthetic_set(tmp_path):
+    from tasks.config import load_settings
+
+    settings = load_settings(home=tmp_path / "home")
+    with pytest.raises(ds.DatasetError, match="ragtune synth"):
+        ds.synthetic_set(settings)
+    target = settings.synth_dir / "abc"
+    target.mkdir(parents=True)
+    (target / "questions.jsonl").write_text('{"id": "s1", "question": "How long?", "answers": ["3 days"], "split": "train"}\n')
+    (settings.synth_dir / "LATEST").write_text("abc\n")
+    assert ds.synthetic_set(settings) == target / "questions.jsonl"
+
+
+def test_replay_rows_are_the_base_models_own_answers_in_the_closed_book_format():
+    assert ds.replay_count(0.2, 80, 40) == 20 and ds.replay_count(0.5, 80, 40) == 40 and ds.replay_count(0, 80, 40) == 0
+    asked = []
+
+    def answer(prompts):
+        asked.extend(prompts)
+        return ["" if "empty" in p else f"answer to {p}" for p in prompts]
+
+    prompts = ["Name a red fruit.", "What is 2 plus 2?", "An empty one?", "Which season is warmest?"]
+    rows = ds.replay_examples(prompts, answer, 3, seed=0)
+    assert len(asked) == 3 and ds.replay_examples(prompts, answer, 3, seed=0)[0]["question"] == rows[0]["question"]
+    for r in rows:
+        assert r["kind"] == "replay" and r["messages"][-1] == {"role": "assistant", "content": f"answer to {r['question']}"}
+        assert r["messages"][:-1] == ds.base_messages(r["question"])  # what the lora arm and the canary are asked in
+    assert all("empty" not in r["question"] for r in rows)  # an empty answer teaches nothing
+
+
+def test_shipped_replay_prompts_are_not_canary_questions():
+    from tasks.evalset import CANARY
+
+    replay = {json.loads(line)["prompt"].lower() for line in ds.REPLAY.read_text().splitlines()}
+    canary = {json.loads(line)["question"].lower() for line in CANARY.read_text().splitlines()}
+    assert len(replay) >= 30 and not replay & canary

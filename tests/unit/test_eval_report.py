@@ -227,3 +227,17 @@ def test_gate_marks_failed_checks_and_arms_table_has_every_metric():
     assert "`hallucination_rate ↓`" in table and "`latency_p95.total ↓`" in table
     assert "**0.700 [0.650–0.750]**" not in table  # rag's F1 overlaps hybrid's: not bold
     assert "**0.100 [0.050–0.150]**" in table  # rag's hallucination rate is clear of the rest
+
+
+def test_rank_agreement_counts_pairs_of_arms_in_the_same_order():
+    from data_contracts.evaluation import ArmResult, Estimate
+    from tasks.eval_report import rank_agreement
+
+    def arms(f1s):
+        return [ArmResult(name=n, kind="rag", retrieval=True, questions=10, wall_s=1, questions_per_min=1,
+                          metrics={"f1": Estimate(value=v, low=None, high=None, n=10)}) for n, v in f1s.items()]
+
+    labelled = arms({"base": 0.1, "rag": 0.3, "lora": 0.2})
+    assert rank_agreement(labelled, arms({"base": 0.0, "rag": 0.5, "lora": 0.4})) == (3, 3)
+    assert rank_agreement(labelled, arms({"base": 0.6, "rag": 0.5, "lora": 0.4})) == (1, 3)
+    assert rank_agreement(labelled, arms({"base": 0.1, "rag": 0.1})) == (0, 0)  # a tie is not compared

@@ -42,6 +42,9 @@ def test_ingest_event_labels_retrain_above_the_threshold():
     assert e.payload["changed_share"] == 0.3 and e.payload["chunks_removed"] == 30 and e.payload["counts"]["chunks_written"] == 30
     assert e.payload["chunks_before"] == 100 and e.payload["counts"]["chunks_before"] == 100
     assert all(isinstance(v, str) for v in e.resource.values())  # Prefect resource labels are strings
+    assert e.resource["ragtune.config-file"] == ""  # none given: the retrain finds its settings as the ingest did
+    named = events.ingest_completed(now, retrain_share=0.1, config_file="demo/ragtune.toml")
+    assert named.resource["ragtune.config-file"].startswith("/") and named.resource["ragtune.config-file"].endswith("/demo/ragtune.toml")
     quiet = events.ingest_completed(now, retrain_share=0.3)  # "more than" the share
     assert quiet.resource["ragtune.retrain-suggested"] == "false" and quiet.payload["retrain_suggested"] is False
     first = events.ingest_completed(_manifest("20260101T000000-aaaaaa", 100, 100), retrain_share=0.1)  # a new table
@@ -139,7 +142,8 @@ def test_nightly_runs_each_step_as_its_deployment(monkeypatch):
     # None left out: the deployment's default stands; suggest_retrain=False: the chain retrains itself, not the automation
     assert calls[0][1] == {"source": "docs", "config_file": "cfg.toml", "suggest_retrain": False}
     assert calls[1][1] == {"force": True, "max_steps": 5, "config_file": "cfg.toml"}
-    assert calls[2][1] == {"arms": ["rag"], "limit": 3, "config_file": "cfg.toml"}
+    # a limited run is report-only even though the deployment's form says apply_gate: true
+    assert calls[2][1] == {"arms": ["rag"], "limit": 3, "apply_gate": False, "config_file": "cfg.toml"}
     assert all(c[2] is None for c in calls)  # wait for each child to finish
     assert [s["state"] for s in done.values()] == ["completed"] * 3 and "run-1" in done["ingest"]["detail"]
 

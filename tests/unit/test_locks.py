@@ -122,14 +122,115 @@ def test_release_frees_the_lease_for_the_next_writer():
     assert not s3.objects and b.try_acquire({})
 
 
-def test_lease_key_sits_next_to_the_table_and_gs_is_refused():
+def test_lease_key_sits_next_to_the_table_on_every_provider_and_other_schemes_are_refused():
     from tasks.locks import LockError, lease_for, split_s3_uri
 
     assert split_s3_uri("s3://bucket/a/b/") == ("bucket", "a/b")
     lease = lease_for("s3://bucket/a/b", "chunks", {"aws_region": "us-east-1"}, ttl_s=5)
     assert (lease.bucket, lease.key) == ("bucket", "a/b/_ragtune_locks/chunks.lease")
-    with pytest.raises(LockError, match="gs://"):
-        lease_for("gs://bucket/a", "chunks", {}, ttl_s=5)
+    pytest.importorskip("obstore")
+    assert lease_for("gs://bucket/a", "chunks", {}, ttl_s=5).url == "gs://bucket/a/_ragtune_locks/chunks.lease"
+    az = lease_for("az://container/a/b", "chunks", {"azure_storage_account_name": "acct"}, ttl_s=5)
+    assert az.url == "az://container/a/b/_ragtune_locks/chunks.lease"
+    for uri in ("hdfs://namenode/a", "abfss://fs@acct.dfs.core.windows.net/a"):
+        with pytest.raises(LockError, match="not supported for"):
+            lease_for(uri, "chunks", {}, ttl_s=5)
+
+
+def test_gcs_and_azure_options_are_split_into_store_and_client_options_with_the_lease_budget():
+    pytest.importorskip("obstore")
+    from tasks.locks import lease_for, obstore_budget
+
+    secret = "c2VjcmV0LWtleQ=="
+    options = {"azure_storage_account_name": "acct", "AZURE_STORAGE_ACCOUNT_KEY": secret, "allow_http": "true",
+               "azure_storage_endpoint": "http://127.0.0.1:1/acct", "timeout": "600s", "download_retry_count": "3"}
+    for ttl in (60.0, 30.0):
+        lease = lease_for("az://container/a", "chunks", options, ttl_s=ttl)
+        store = lease.obj.store
+        assert store.config["account_name"] == "acct" and store.config["account_key"] == secret
+        assert store.config["endpoint"] == "http://127.0.0.1:1/acct" and "download_retry_count" not in store.config
+        client = store.client_options
+        assert client["allow_http"] == "true" and client["timeout"] != "600s"  # the lease's own timeouts win
+        assert store.retry_config["max_retries"] == 1
+        budget, retry = obstore_budget(ttl)
+        worst = 2 * budget["timeout"].total_seconds() + retry["backoff"]["max_backoff"].total_seconds()
+        assert worst < ttl / 3 and retry["retry_timeout"].total_seconds() < ttl / 3, (ttl, budget, retry)
+        assert secret not in repr(lease)
+    key = '{"gcs_base_url": "http://127.0.0.1:1", "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}'
+    gs = lease_for("gs://bucket/a", "chunks", {"google_service_account_key": key, "allow_http": "true"}, ttl_s=60).obj.store
+    assert gs.config["service_account_key"] == key and gs.client_options["allow_http"] == "true"
+
+
+def test_missing_obstore_is_a_clear_error(monkeypatch):
+    from tasks.locks import lease_for
+
+    monkeypatch.setitem(sys.modules, "obstore", None)
+    monkeypatch.setitem(sys.modules, "obstore.store", None)
+    monkeypatch.setitem(sys.modules, "obstore.exceptions", None)
+    for uri in ("gs://bucket/a", "az://container/a"):
+        with pytest.raises(LockError, match="needs obstore"):
+            lease_for(uri, "chunks", {}, ttl_s=5)
+
+
+# --- GCS / Azure: no conditional delete, a release is a tombstone -----------------------------------
+
+
+class FakeTombstoneStore:
+    """The object as obstore gives it on GCS/Azure: conditional create and replace, versions that
+    change on every write, no conditional delete (release replaces the lease with a tombstone)."""
+
+    def __init__(self):
+        self.version, self.body, self.url, self._n = None, b"", "az://container/_ragtune_locks/chunks.lease", 0
+
+    def _write(self, body):
+        self._n += 1
+        self.version, self.body = {"e_tag": f'"0x{self._n}"'}, body
+        return self.version
+
+    def create(self, body):
+        return None if self.version is not None else self._write(body)
+
+    def replace(self, body, version):
+        return self._write(body) if self.version is not None and self.version == version else None
+
+    def read(self):
+        return self.version, self.body
+
+    def release(self, version, tombstone):
+        return self.replace(tombstone, version) is not None
+
+
+def _tomb_lease(obj, clock, ttl=10.0):
+    from tasks.locks import Lease
+
+    return Lease(obj, ttl, clock=clock)
+
+
+def test_a_released_lease_is_a_tombstone_taken_at_once_by_exactly_one_acquirer():
+    import json
+
+    obj, clock = FakeTombstoneStore(), Clock()
+    a, b, c = (_tomb_lease(obj, clock) for _ in range(3))
+    assert a.try_acquire({})
+    a.release()
+    assert json.loads(obj.body)["released"] is True  # a tombstone, not a deleted object
+    assert b.try_acquire({}) and not c.try_acquire({})  # no ttl wait for a released lease; only one gets it
+    assert b.renew() and not c.renew()
+
+
+def test_a_lost_holder_cannot_tombstone_its_successors_lease():
+    import json
+
+    obj, clock = FakeTombstoneStore(), Clock()
+    paused, other = _tomb_lease(obj, clock), _tomb_lease(obj, clock)
+    assert paused.try_acquire({})
+    seen = {}
+    assert not other.try_acquire(seen)
+    clock.now += 11
+    assert other.try_acquire(seen)
+    paused.release()  # it has not noticed: its conditional release must fail
+    assert json.loads(obj.body)["holder"] == other.holder and "released" not in json.loads(obj.body)
+    assert other.renew() and json.loads(obj.body)["holder"] == other.holder
 
 
 # --- a holder that lost its lease must notice before it writes -------------------------------------
