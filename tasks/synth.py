@@ -43,9 +43,9 @@ import pyarrow as pa
 from data_contracts.synthetic import FILTERS, SYNTH_COLUMNS, synthetic_schema
 from data_contracts.suites import synthetic_row_suite
 from tasks import atomic, pii
+from tasks.dataset import mentions  # the evaluation's whole-word rule, as RAFT uses it
 from tasks.generate import pack_sources, rag_messages
 from tasks.ground import split_sentences
-from tasks.metrics import contains_gold
 from tasks.retrieve import Hit, SearchFilters
 from tasks.validate import ValidationReport, validate
 
@@ -56,11 +56,6 @@ class SynthError(Exception):
 
 def _key(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
-
-
-def mentions(text: str, answer: str) -> bool:
-    """`answer` occurs in `text` as whole words: the evaluation's own rule."""
-    return bool(answer) and contains_gold(text, [answer]) > 0
 
 
 # --- 1. sampling ---------------------------------------------------------------------------------
@@ -462,7 +457,7 @@ class Drafter:
                 for c, hit in readable
             ]
             for (c, _), text in zip(readable, self.generate(prompts, 24)):
-                c.derived["reader_ok"] = mentions(text, c.answer or "")
+                c.derived["reader_ok"] = bool(c.answer) and mentions(text, c.answer or "")
 
     def draft(self, chunks: Sequence[dict[str, Any]]) -> list[Candidate]:
         found = self.questions(chunks)
