@@ -472,7 +472,7 @@ def _run_payload(run: "EvalRun", folder: Path) -> dict[str, Any]:
 
 @app.command("eval")
 def eval_(
-    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated subset of base,rag,lora,hybrid."),
+    arms: Optional[str] = typer.Option(None, "--arms", help="Comma-separated subset of base,rag,lora,hybrid,full,full+rag."),
     limit: Optional[int] = typer.Option(
         None, "--limit", min=1,
         help="Smoke run: the first N questions, N calibration rows and N canary questions; report-only unless --gate.",
@@ -488,16 +488,16 @@ def eval_(
     as_json: bool = JsonOpt,
 ) -> None:
     """The arena: every arm on the evaluation set, the promotion gate, and the report (runs `evaluate`)."""
-    from data_contracts.evaluation import EvalRun
+    from data_contracts.evaluation import ARM_KINDS, EvalRun
     from tasks.evalset import EvalSetError
     from tasks.registry import AdapterNotFound
     from tasks.store import StoreError
     from tasks.validate import ContractViolation
 
     chosen = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
-    unknown = sorted(set(chosen or []) - {"base", "rag", "lora", "hybrid"})
+    unknown = sorted(set(chosen or []) - set(ARM_KINDS))
     if unknown:
-        _fail(f"unknown arm(s) {', '.join(unknown)}: choose from base, rag, lora, hybrid", code=2, as_json=as_json)
+        _fail(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(ARM_KINDS)}", code=2, as_json=as_json)
     _prepare_env()
     from flows.evaluate import evaluate
 

@@ -29,8 +29,11 @@ EVAL_COLUMNS: tuple[Column, ...] = (
     Column("split", pa.string(), False, "train / test: only the evaluated split is scored, the other may feed training."),
 )
 
-ARM_KINDS = ("base", "rag", "lora", "hybrid")
-ArmKind = Literal["base", "rag", "lora", "hybrid"]
+# lora / hybrid: a LoRA adapter without / with retrieval; full / full+rag: a fully fine-tuned model.
+ARM_KINDS = ("base", "rag", "lora", "hybrid", "full", "full+rag")
+ArmKind = Literal["base", "rag", "lora", "hybrid", "full", "full+rag"]
+TUNED_METHOD = {"lora": "lora", "hybrid": "lora", "full": "full", "full+rag": "full"}  # arm kind -> training.method
+RETRIEVAL_KINDS = ("rag", "hybrid", "full+rag")
 
 
 class Estimate(BaseModel):

@@ -32,10 +32,11 @@ from tasks import arena, atomic, events
 from tasks.config import Settings, load_settings
 from tasks.calibrate import Calibration, calibrate_grounding
 from tasks.evalset import EvalSet, limit_note, load_canary, load_eval_set, notes_markdown
+from tasks.jsonl import read_objects
 from tasks.gate import decide
 from tasks.metrics import ScoringRules
 from tasks.progress import progress_bar
-from tasks.registry import Registry, served_to
+from tasks.registry import Adapter, Registry, served_to
 from tasks.models import load_embedder_for
 from tasks.resources import make_answerer, open_retriever, search_filters
 
@@ -86,16 +87,15 @@ def score_arms(runs: list[arena.ArmRun], fresh: dict[str, list[bool]], settings:
 
 
 @task(name="promotion-gate", **_TASK)
-def promotion_gate(runs: list[arena.ArmRun], canary: dict[str, arena.ArmRun], settings: Settings) -> GateResult | None:
-    """The verdict on the candidate's hybrid arm against the champion's (or base rag); `apply_verdict` records it."""
-    by_name = {r.spec.name: r for r in runs}
-    candidate = next((r for r in runs if r.spec.kind == "hybrid" and r.spec.role == "candidate"), None)
-    if candidate is None:
+def promotion_gate(
+    runs: list[arena.ArmRun], canary: dict[str, arena.ArmRun], settings: Settings, registry_candidate: Adapter | None
+) -> GateResult | None:
+    """The verdict on the newest candidate's retrieval arm (hybrid or full+rag) against the champion's (or
+    base rag); `apply_verdict` records it."""
+    candidate, incumbent = arena.gated_arms(runs, registry_candidate)
+    if candidate is None or incumbent is None:
         return None
-    champion = next((r for r in runs if r.spec.kind == "hybrid" and r.spec.role == "champion"), None)
-    incumbent = champion or by_name.get("rag")
-    if incumbent is None:
-        return None
+    champion = incumbent if incumbent.spec.adapter is not None else None
     ev = settings.evaluation
     decision = decide(
         candidate.results,
@@ -181,7 +181,7 @@ def evaluate(
     """Run the arena on the evaluation set, gate the candidate adapter, write the report.
 
     Args:
-        arms: subset of base, rag, lora, hybrid (default: `evaluation.arms`).
+        arms: subset of base, rag, lora, hybrid, full, full+rag (default: `evaluation.arms`).
         limit: a smoke run: only the first N questions, N calibration rows and N canary questions,
             report-only unless `apply_gate` is True (default: `evaluation.limit`, none).
         eval_set_path: evaluation JSONL (default: `evaluation.path`), or "synthetic": the `test` rows
@@ -218,8 +218,12 @@ def evaluate(
     alongside = []
     from tasks.synth import latest as latest_synthetic
 
-    if settings.evaluation.synthetic and eval_set_path != SYNTHETIC and latest_synthetic(settings.synth_dir) is None:
+    found = latest_synthetic(settings.synth_dir) if settings.evaluation.synthetic and eval_set_path != SYNTHETIC else None
+    if settings.evaluation.synthetic and eval_set_path != SYNTHETIC and found is None:
         notes.append(f"evaluation.synthetic is set but {settings.synth_dir} holds no synthetic set yet: run `ragtune synth`")
+    elif found is not None and not any(r.get("split") == "test" for _, r in read_objects(found)):
+        notes.append(f"evaluation.synthetic: the latest synthetic set ({found.parent.name}) kept no held-out question "
+                     "(see its synth.json funnel): not scored")
     elif settings.evaluation.synthetic and eval_set_path != SYNTHETIC:  # the same arms on questions nobody labelled
         synthetic = eval_set(settings, SYNTHETIC, limit)
         synthetic_runs = [answer_arm(spec, synthetic.rows, settings, table) for spec in specs]
@@ -227,7 +231,7 @@ def evaluate(
         alongside.append(AlongsideSet(name="synthetic", path=str(synthetic.path), split=synthetic.split, eval_hash=synthetic.hash,
                                       questions=len(synthetic.rows), arms=[_arm_result(r) for r in synthetic_runs]))
     score_arms(list(canary.values()), {}, settings)
-    gate = promotion_gate(runs, canary, settings)
+    gate = promotion_gate(runs, canary, settings, arena.newest_candidate(registry))
     if limit:
         threshold = calibration.origin() if calibration else "not needed (no retrieval arm)"
         notes.append(limit_note(limit, len(ev.rows), threshold, len(canary_set.rows), gate.applied if gate else None))

@@ -1,8 +1,9 @@
-"""The `nightly` chain: ingest (incremental) → retrain when needed (dataset build inside) → evaluate
+"""The `nightly` chain: ingest (incremental) → synthetic questions (when the configuration uses them:
+`dataset.synthetic` or `evaluation.synthetic`) → retrain when needed (dataset build inside) → evaluate
 (arena, gate, report). Each step is its own flow run, so a failure names the step; the steps that did
 not run leave what is in service alone (the previous index version, the current champion).
 On a server (this run is a deployment run) each step is a deployment run on its own work pool
-(ingest on `ragtune-ingest`, retrain/evaluate on `ragtune-train`) that a user can open, retry or
+(ingest on `ragtune-ingest`, synthesize/retrain/evaluate on `ragtune-train`) that a user can open, retry or
 cancel; locally the same chain runs in-process.
 
     prefect deploy --all     # deployments/prefect.yaml schedules this at 02:00
@@ -21,9 +22,13 @@ from prefect.runtime import deployment
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.retrain import retrain
+from flows.synthesize import synthesize as synthesize_flow
+from tasks.config import load_settings
 
-KEPT = {"ingest": "the previous table version", "retrain": "the adapter registry", "evaluate": "the current champion"}
-DEFAULT_DEPLOYMENTS = {"ingest": "ingest/ingest-demo", "retrain": "retrain/retrain-demo", "evaluate": "evaluate/evaluate-demo"}
+KEPT = {"ingest": "the previous table version", "synthesize": "the previous synthetic set", "retrain": "the adapter registry",
+        "evaluate": "the current champion"}
+DEFAULT_DEPLOYMENTS = {"ingest": "ingest/ingest-demo", "synthesize": "synthesize/synthesize-demo", "retrain": "retrain/retrain-demo",
+                       "evaluate": "evaluate/evaluate-demo"}
 
 
 class NightlyStepFailed(Exception):
@@ -49,18 +54,20 @@ class Step(NamedTuple):  # not a dataclass: `prefect deploy` may load this file 
 
 def chain_steps(
     source: str, force_train: bool, max_steps: int | None, arms: list[str] | None, limit: int | None,
-    table: str | None, config_file: str | None, deployments: dict[str, str],
+    table: str | None, config_file: str | None, deployments: dict[str, str], synthesize: bool = False,
 ) -> list[Step]:  # fmt: skip
     def given(**kw: Any) -> dict[str, Any]:
         return {k: v for k, v in kw.items() if v is not None}
 
     # suggest_retrain=False: the chain retrains next itself, so the retrain-on-change automation must not too
     ingest_p = given(source=source, table=table, config_file=config_file, suggest_retrain=False)
+    synth_p = given(table=table, config_file=config_file)
     retrain_p = given(force=force_train, max_steps=max_steps, table=table, config_file=config_file)
     # A limited run is a smoke run: report-only, also on a server where the deployment's form says apply_gate: true.
     evaluate_p = given(arms=arms, limit=limit, apply_gate=False if limit else None, table=table, config_file=config_file)
     return [
         Step("ingest", deployments["ingest"], ingest_p, lambda: ingest(**ingest_p)),
+        *([Step("synthesize", deployments["synthesize"], synth_p, lambda: synthesize_flow(**synth_p))] if synthesize else []),
         Step("retrain", deployments["retrain"], retrain_p, lambda: retrain(**retrain_p)),
         Step("evaluate", deployments["evaluate"], evaluate_p, lambda: evaluate(**evaluate_p)),
     ]
@@ -118,7 +125,9 @@ def nightly(
     limit: int | None = None,
     table: str | None = None,
     config_file: str | None = None,
+    synthesize: bool | None = None,
     ingest_deployment: str = DEFAULT_DEPLOYMENTS["ingest"],
+    synthesize_deployment: str = DEFAULT_DEPLOYMENTS["synthesize"],
     retrain_deployment: str = DEFAULT_DEPLOYMENTS["retrain"],
     evaluate_deployment: str = DEFAULT_DEPLOYMENTS["evaluate"],
     step_mode: Literal["auto", "deployments", "in-process"] = "auto",
@@ -133,15 +142,22 @@ def nightly(
         limit: a smoke run: N questions, N calibration rows, N canary questions; the gate reports only.
         table: chunk table (default from settings).
         config_file: optional TOML settings file.
+        synthesize: generate synthetic questions after the ingest (default: when the settings use them,
+            `dataset.synthetic` or `evaluation.synthetic`).
         ingest_deployment: deployment of the ingest step when the chain runs on a server.
+        synthesize_deployment: deployment of the synthesize step (on the training pool).
         retrain_deployment: deployment of the retrain step (on the training pool).
         evaluate_deployment: deployment of the evaluate step (on the training pool).
         step_mode: auto = each step as its own deployment run when this run is itself a deployment run
             (a server), in-process otherwise (`ragtune nightly`, tests).
     """
     on_server = step_mode == "deployments" or (step_mode == "auto" and deployment.get_id() is not None)
-    steps = chain_steps(source, force_train, max_steps, arms, limit, table, config_file,
-                        {"ingest": ingest_deployment, "retrain": retrain_deployment, "evaluate": evaluate_deployment})
+    if synthesize is None:
+        settings = load_settings(config_file)
+        synthesize = settings.dataset.synthetic or settings.evaluation.synthetic
+    deployments = {"ingest": ingest_deployment, "synthesize": synthesize_deployment, "retrain": retrain_deployment,
+                   "evaluate": evaluate_deployment}
+    steps = chain_steps(source, force_train, max_steps, arms, limit, table, config_file, deployments, synthesize)
     try:
         done = run_chain(steps, run_as_deployment if on_server else run_in_process)
     except NightlyStepFailed as e:
@@ -155,6 +171,9 @@ def _detail(step: str, result: dict[str, Any]) -> str:
     if step == "ingest":
         c = result.get("counts", {})
         return f"{result.get('status')}: +{c.get('added', 0)} ~{c.get('updated', 0)} -{c.get('deleted', 0)}, {c.get('quarantined', 0)} quarantined"
+    if step == "synthesize":
+        kept = sum(result.get("funnel", {}).get("kept", {}).values())
+        return f"{kept} questions kept from {result.get('chunks_drafted')} chunks" + (" (stopped at the time budget)" if result.get("stopped_early") else "")
     if step == "retrain":
         return ("trained " + result["adapter"]["name"]) if result["trained"] else f"skipped: {result['reason']}"
     return str(result.get("report"))

@@ -5,7 +5,9 @@ Arms (one generator configuration, batched, deterministic):
     rag     base + retrieval (the grounded answerer)
     lora    a LoRA adapter, no retrieval
     hybrid  the adapter + retrieval
-With both a champion and a candidate adapter, `lora` and `hybrid` run for each (`hybrid@candidate`).
+    full, full+rag  the same for a fully fine-tuned model (`training.method = "full"`)
+Each tuned kind runs the registered models of its method: with both a champion and a candidate,
+for each (`hybrid@candidate`).
 Every model answers the general-ability canary closed-book too, for the forgetting check.
 
 Freshness: a question is *fresh* for an adapter when one of its gold documents was (re)ingested
@@ -28,21 +30,22 @@ from tasks.metrics import (
     bootstrap,
     question_scores,
 )
+from data_contracts.evaluation import RETRIEVAL_KINDS, TUNED_METHOD
 from tasks.registry import Adapter, Registry
 
 
 @dataclass
 class ArmSpec:
     name: str
-    kind: str  # base, rag, lora, hybrid
+    kind: str  # base, rag, lora, hybrid, full, full+rag
     retrieval: bool
     adapter: Adapter | None = None
     role: str | None = None  # champion / candidate / latest (no champion or candidate: the newest, not gated)
 
     @property
     def model(self) -> str:
-        """Which weights answer: `base` or the adapter's role (canary results are per model)."""
-        return f"lora@{self.role}" if self.adapter else "base"
+        """Which weights answer: `base` or the adapter's method and role (canary results are per model)."""
+        return f"{self.adapter.method}@{self.role}" if self.adapter else "base"
 
 
 def newest_candidate(registry: Registry) -> Adapter | None:
@@ -50,24 +53,44 @@ def newest_candidate(registry: Registry) -> Adapter | None:
     return next((a for a in reversed(registry.adapters()) if a.status == "candidate"), None)
 
 
+def tuned_models(registry: Registry, method: str) -> list[tuple[Adapter, str]]:
+    """(model, role) pairs of one training method for the arena: its champion and newest candidate,
+    else (every one rejected) its newest, so the arena still compares it."""
+    champion = registry.champion()
+    champion = champion if champion is not None and champion.method == method else None
+    of_method = [a for a in registry.adapters() if a.method == method]
+    candidate = next((a for a in reversed(of_method) if a.status == "candidate"), None)
+    found = [(a, role) for a, role in ((champion, "champion"), (candidate, "candidate")) if a is not None]
+    return found or ([(of_method[-1], "latest")] if of_method else [])
+
+
 def arm_specs(kinds: Sequence[str], registry: Registry) -> tuple[list[ArmSpec], list[str]]:
-    """The arms to run, and notes on requested arms that cannot run (no adapter yet)."""
-    champion, candidate = registry.champion(), newest_candidate(registry)
-    adapters = [(a, role) for a, role in ((champion, "champion"), (candidate, "candidate")) if a is not None]
-    if not adapters and registry.latest() is not None:  # every adapter was rejected: still compare the newest
-        adapters = [(registry.latest(), "latest")]
+    """The arms to run, and notes on requested arms that cannot run (nothing of their method trained yet)."""
     specs: list[ArmSpec] = []
     notes: list[str] = []
     for kind in kinds:
         if kind in ("base", "rag"):
             specs.append(ArmSpec(kind, kind, retrieval=kind == "rag"))
             continue
-        if not adapters:
-            notes.append(f"{kind}: no adapter in the registry yet (run `ragtune train`)")
-        for adapter, role in adapters:
-            name = f"{kind}@{role}" if len(adapters) > 1 else kind
-            specs.append(ArmSpec(name, kind, retrieval=kind == "hybrid", adapter=adapter, role=role))
+        method = TUNED_METHOD[kind]
+        models = tuned_models(registry, method)
+        if not models:
+            hint = "`ragtune train`" if method == "lora" else '`ragtune train` with training.method = "full"'
+            notes.append(f"{kind}: no {'adapter' if method == 'lora' else 'fully fine-tuned model'} in the registry yet (run {hint})")
+        for adapter, role in models:
+            name = f"{kind}@{role}" if len(models) > 1 else kind
+            specs.append(ArmSpec(name, kind, retrieval=kind in RETRIEVAL_KINDS, adapter=adapter, role=role))
     return specs, notes
+
+
+def gated_arms(runs: Sequence["ArmRun"], registry_candidate: Adapter | None) -> tuple["ArmRun | None", "ArmRun | None"]:
+    """(candidate, incumbent) for the gate: the retrieval arm of the registry's newest candidate, against
+    the champion's retrieval arm, or the base model's `rag` when there is no champion."""
+    tuned = [r for r in runs if r.spec.adapter is not None and r.spec.retrieval]
+    candidate = next((r for r in tuned if r.spec.role == "candidate" and registry_candidate is not None
+                      and r.spec.adapter.name == registry_candidate.name), None)  # type: ignore[union-attr]
+    champion = next((r for r in tuned if r.spec.role == "champion"), None)
+    return candidate, champion or next((r for r in runs if r.spec.kind == "rag"), None)
 
 
 @dataclass

@@ -271,7 +271,8 @@ def calibrate_grounding(
 
     The base generator drafts for every retrieval arm: the adapters were trained on that split, so
     their drafts there would look better than on unseen questions. A stored calibration is reused
-    while the generator, the retrieval and generation settings, the rows and the index are unchanged.
+    while the generator, the grounding scorer (a trained one by its file's content), the retrieval and
+    generation settings, the rows and the index are unchanged.
 
     `limit` (a limited run): a stored calibration of the full rows is still reused; otherwise only the
     first `limit` rows are drafted, and the result serves this run only: it is not saved, so full runs
@@ -280,6 +281,7 @@ def calibrate_grounding(
     from tasks.arena import ArmSpec, run_arm
     from tasks.evalset import EvalSetError, first, load_eval_set
     from tasks.ground import DEFAULT_WEIGHTS
+    from tasks.ground_model import grounding_scorer_identity
     from tasks.models import generator_fingerprint
     from tasks.progress import progress_bar
     from tasks.resources import make_answerer, search_filters
@@ -304,6 +306,7 @@ def calibrate_grounding(
         "generator": generator, "generation": settings.generator.model_dump(mode="json"),
         "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
         "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash,
+        "scorer": grounding_scorer_identity(settings.retrieval.grounding_scorer),
         "table": table or settings.store.table, "table_version": table_version,
         "wrong_cost": e.calibration_wrong_cost, "default": default,
     }  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from data_contracts.evaluation import ARM_KINDS, ArmKind
 from tasks.ground import DEFAULT_THRESHOLD
 from pydantic_settings import (
     BaseSettings,
@@ -243,17 +244,28 @@ class SynthSettings(BaseModel):
 
 
 class TrainingSettings(BaseModel):
-    """The LoRA recipe's hyper-parameters (`tasks/train.py`)."""
+    """The fine-tuning recipe's hyper-parameters (`tasks/train.py`)."""
 
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: a LoRA adapter (the lora/hybrid arms); full: every weight of the base model is trained and "
+        "a whole model is registered (the full/full+rag arms; for small models like the packaged 135M one)."
+    )
     lora_r: int = Field(8, ge=1, le=256)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of a LoRA run.")
+    full_learning_rate: float = Field(
+        2e-5, gt=0, description="Peak learning rate of a full fine-tuning run (all weights move: ~10x lower than LoRA's)."
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(5, ge=0)
     epochs: int = Field(3, ge=1, le=100)
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0 = run the epochs).")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop training after this long (checkpointed; the weights so far are registered and a rerun "
+        "resumes the remaining steps). The schedule still spans max_steps/epochs."
+    )
     # On CPU a micro-batch of 2 keeps activation memory at a few GB for RAG-length rows (~1k tokens);
     # accumulation gives the same gradient as a larger batch.
     batch_size: int = Field(2, ge=1, le=512, description="Examples per micro-batch.")
@@ -270,7 +282,10 @@ class EvaluationSettings(BaseModel):
 
     path: Path | None = Field(None, description="Evaluation set JSONL (see data_contracts/evaluation.py).")
     split: str | None = Field("test", description="Evaluate only rows with this `split` (null = every row).")
-    arms: list[Literal["base", "rag", "lora", "hybrid"]] = Field(default_factory=lambda: ["base", "rag", "lora", "hybrid"])
+    arms: list[ArmKind] = Field(
+        default_factory=lambda: list(ARM_KINDS),
+        description="Arms to run: full and full+rag need a fully fine-tuned model (training.method = \"full\") in the registry.",
+    )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N questions (smoke runs).")
     canary: Path | None = Field(
         None, description="General-ability QA set for the forgetting check (default: the one shipped in tasks/canary.jsonl)."

@@ -130,8 +130,9 @@ def training_finished(result: dict[str, Any]) -> RagtuneEvent:
 
 
 def serving_arm(run: EvalRun) -> ArmResult | None:
-    """The arm that answers users: the champion's hybrid arm, else the base model with retrieval (`rag`)."""
-    by_role = [a for a in run.arms if a.kind == "hybrid" and a.adapter_role == "champion"]
+    """The arm that answers users: the champion's retrieval arm (hybrid, or full+rag for a fully fine-tuned
+    champion), else the base model with retrieval (`rag`)."""
+    by_role = [a for a in run.arms if a.retrieval and a.adapter_role == "champion"]
     if by_role:
         return by_role[0]
     return next((a for a in run.arms if a.name == "rag"), None)

@@ -1,11 +1,12 @@
-"""The promotion gate: does a candidate LoRA adapter become the champion?
+"""The promotion gate: does a candidate (a LoRA adapter or a fully fine-tuned model) become the champion?
 
 A candidate is promoted only if all of these hold, each judged on the same questions (matched by id)
 with a paired bootstrap of candidate - incumbent (`tasks.metrics.paired_difference`):
 
-1. **Beats the incumbent on the primary metric beyond the interval.** On the `hybrid` arm against
-   the champion's `hybrid` results, or the base model's `rag` results when there is no champion (the
-   caller passes whichever is the incumbent). Default primary: answer token F1. "Beyond" means the
+1. **Beats the incumbent on the primary metric beyond the interval.** On the candidate's retrieval
+   arm (`hybrid`; `full+rag` for a fully fine-tuned model) against the champion's retrieval arm, or
+   the base model's `rag` results when there is no champion (the caller passes whichever is the
+   incumbent: `tasks/arena.py:gated_arms`). Default primary: answer token F1. "Beyond" means the
    whole interval is on the good side: lower bound > 0 (upper bound < 0 for lower-is-better metrics).
 2. **Not worse on the guard metrics** (default groundedness, draft groundedness and hallucination
    rate; draft groundedness is what the generator writes before the validator withholds anything). Worse means
@@ -176,8 +177,8 @@ def decide(
 ) -> GateDecision:
     """Promote the candidate only if it wins on `primary`, holds the guards and doesn't forget (module docstring).
 
-    `candidate` / `incumbent`: one arm each on the evaluation set (candidate `hybrid`; incumbent the
-    champion's `hybrid` or the base model's `rag`). The canary lists: the same canary questions
+    `candidate` / `incumbent`: one arm each on the evaluation set (candidate `hybrid` or `full+rag`;
+    incumbent the champion's retrieval arm or the base model's `rag`). The canary lists: the same canary questions
     answered by each side's model. `tolerances` overrides `DEFAULT_TOLERANCES` per guard metric and
     for "canary".
     """

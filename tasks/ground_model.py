@@ -39,6 +39,7 @@ sentences stay as the lexical scorer left them. Select it with `retrieval.ground
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -496,6 +497,16 @@ def grounding_model_path(spec: str) -> Path | None:
     if spec.startswith("trained:") and spec[len("trained:") :].strip():
         return Path(spec[len("trained:") :].strip()).expanduser()
     raise ValueError(f'retrieval.grounding_scorer = {spec!r}: use "lexical" or "trained:<path to a grounding model JSON>"')
+
+
+def grounding_scorer_identity(spec: str) -> str:
+    """What the scorer `spec` names, by content: a model refitted in place is another scorer (its
+    calibrated threshold no longer holds)."""
+    path = grounding_model_path(spec)
+    if path is None:
+        return spec
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return f"trained:{digest}"
 
 
 def make_grounding_scorer(spec: str, embedder: Embedder) -> LexicalSemanticScorer | TrainedGroundingScorer:

@@ -1,7 +1,9 @@
-"""The adapter registry: every trained LoRA adapter, its provenance, and which one is champion.
+"""The adapter registry: every trained LoRA adapter or fully fine-tuned model, its provenance, and
+which one is champion (an "adapter" below is either: `Adapter.method` says which).
 
 Layout under `<home>/adapters/`:
-    <name>/                 a peft adapter directory (adapter_config.json, adapter_model.safetensors)
+    <name>/                 a peft adapter directory (adapter_config.json, adapter_model.safetensors),
+                            or for `training.method = "full"` a whole model (config.json, model.safetensors)
       metadata.json         written once at registration: base model, dataset hash and size, chunk-table
                             version, access record (who may be served it), hyper-parameters, losses,
                             wall time, tokens/s, created at, code version
@@ -31,7 +33,15 @@ from tasks import atomic
 from tasks.store import writer_lock
 
 REGISTRY_FILE = "registry.json"
-ADAPTER_FILES = ("adapter_config.json",)
+
+
+def trained_method(directory: Path) -> str | None:
+    """What a trained directory holds: "lora" (a peft adapter), "full" (a whole fine-tuned model), or None."""
+    if (directory / "adapter_config.json").is_file():
+        return "lora"
+    if (directory / "config.json").is_file() and any(directory.glob("model*.safetensors")):
+        return "full"
+    return None
 
 
 class AdapterNotFound(Exception):
@@ -74,6 +84,11 @@ class Adapter:
     path: Path
     status: str
     metadata: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        """lora or full (`training.method`); adapters registered before full fine-tuning existed are lora."""
+        return self.metadata.get("method", "lora")
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "status": self.status, **self.metadata}
@@ -179,7 +194,7 @@ class Registry:
                 raise AdapterNotFound(f"no adapters in {self.root} yet: run `ragtune train`")
             return a.path
         path = Path(ref).expanduser()
-        if (path / "adapter_config.json").is_file():
+        if trained_method(path):
             return path
         return self.get(ref).path
 
@@ -202,8 +217,8 @@ class Registry:
 
     def register(self, adapter_dir: Path, name: str, metadata: dict[str, Any]) -> Adapter:
         """Move a finished adapter directory into the registry as a `candidate`."""
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise RegistryError(f"{adapter_dir} is not a finished adapter (no adapter_config.json)")
+        if trained_method(adapter_dir) is None:
+            raise RegistryError(f"{adapter_dir} is not a finished adapter (no adapter_config.json) nor a fine-tuned model (no config.json)")
         target = self.root / name
         if target.exists():
             raise RegistryError(f"an adapter named {name!r} already exists in {self.root}")

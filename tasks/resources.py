@@ -8,6 +8,7 @@ from typing import Sequence
 
 from tasks.config import Settings
 from tasks.models import load_embedder_for, load_generator
+from tasks.registry import trained_method
 from tasks.retrieve import Retriever, SearchFilters
 from tasks.store import ChunkStore, StoreError
 
@@ -87,7 +88,8 @@ def make_answerer(
     adapter: Path | None = None,
     min_support: float | None = None,
 ):
-    """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter.
+    """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter
+    or fully fine-tuned model (`adapter`: a registered directory of either kind).
 
     `min_support` overrides the grounding threshold (default: `support_threshold(settings)`).
     """
@@ -97,7 +99,10 @@ def make_answerer(
     from tasks.rerank import make_reranker
 
     g, r = settings.generator, settings.retrieval
-    model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, adapter=adapter, dtype=g.dtype)
+    if adapter is not None and trained_method(Path(adapter)) == "full":  # a whole model: it replaces the base one
+        model, tokenizer = load_generator(str(adapter), settings.models_dir, threads=settings.threads, dtype=g.dtype)
+    else:
+        model, tokenizer = load_generator(g.model, settings.models_dir, threads=settings.threads, adapter=adapter, dtype=g.dtype)
     generator = Generator(model, tokenizer, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size)
     retriever = open_retriever(settings, table) if retrieval else None
     scorer = make_grounding_scorer(r.grounding_scorer, retriever.embedder) if retriever else None

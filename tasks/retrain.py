@@ -31,10 +31,17 @@ class TrainPlan:
     previous: str | None  # the newest adapter before this run
 
 
-def training_key(settings: Settings, dataset_hash: str) -> str:
-    recipe = settings.training.model_dump(mode="json")
+def recipe_key(settings: Settings) -> dict[str, Any]:
+    """The recipe part of the training key: what shapes the weights, without the caps on one run."""
+    from tasks.train import recipe_identity
+
+    recipe = recipe_identity(settings.training)
     recipe.pop("max_steps", None)  # a cap on this run, not part of what the adapter is
-    parts = [generator_fingerprint(settings.generator.model, settings.models_dir), dataset_hash, json.dumps(recipe, sort_keys=True)]
+    return recipe
+
+
+def training_key(settings: Settings, dataset_hash: str) -> str:
+    parts = [generator_fingerprint(settings.generator.model, settings.models_dir), dataset_hash, json.dumps(recipe_key(settings), sort_keys=True)]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -47,6 +54,12 @@ def plan(registry: Registry, settings: Settings, dataset: SavedDataset, force: b
         return TrainPlan(True, "no adapter yet", key, None)
     if force:
         return TrainPlan(True, "forced (--force)", key, previous)
+    cut = latest.metadata.get("training", {})
+    if latest.metadata.get("training_key") == key and cut.get("stopped_for_time"):
+        return TrainPlan(
+            True, f"resuming: adapter {latest.name} stopped at training.max_minutes after {cut.get('steps')} of "
+            f"{cut.get('total_steps')} steps", key, previous,
+        )
     if latest.metadata.get("training_key") == key:
         return TrainPlan(False, f"dataset {dataset.hash[:12]}, base model and recipe unchanged since adapter {latest.name}", key, previous)
     changed = [
@@ -54,7 +67,7 @@ def plan(registry: Registry, settings: Settings, dataset: SavedDataset, force: b
         for what, field, value in (
             ("dataset", "dataset_hash", dataset.hash),
             ("base model", "base_model_fingerprint", generator_fingerprint(settings.generator.model, settings.models_dir)),
-            ("recipe", "recipe", {k: v for k, v in settings.training.model_dump(mode="json").items() if k != "max_steps"}),
+            ("recipe", "recipe", recipe_key(settings)),
         )
         if latest.metadata.get(field) != value
     ]
@@ -112,7 +125,8 @@ def _train_and_register(
         # Who may be served this adapter (tasks/registry.py:withheld_for); null for datasets built
         # before ragtune recorded it, and such an adapter is served to no one.
         "access": dataset.manifest.get("access"),
-        "recipe": {k: v for k, v in settings.training.model_dump(mode="json").items() if k != "max_steps"},
+        "method": settings.training.method,
+        "recipe": recipe_key(settings),
         "max_steps": max_steps or settings.training.max_steps or None,
         "training_key": key,
         "training": result.as_dict(),

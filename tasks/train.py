@@ -1,14 +1,22 @@
-"""The LoRA fine-tuning recipe: one readable setup -> train loop, in the spirit of torchtune's recipes.
+"""The fine-tuning recipe: one readable setup -> train loop, in the spirit of torchtune's recipes.
 
     result = train_lora(base_model, train, validation, settings.training, work_dir, settings.models_dir)
 
+Two methods share the loop (`training.method`): `lora` wraps the base model with a LoRA adapter and
+trains only its matrices; `full` trains every weight of the base model (for models small enough: the
+packaged 135M one needs ~2 GB for weights, gradients and AdamW state) and saves a whole model
+directory. `_LoraWeights` / `_FullWeights` hold the only differences: how the model is wrapped, which
+weights are saved, and in which form.
+
 Setup loads the base causal LM (float32 on CPU) and its tokenizer, renders every conversation with
 the tokenizer's chat template, labels only the assistant turns, checks everything that could make a
-long run fail late, and wraps the model with LoRA (AdamW over the LoRA weights only). The loop then
+long run fail late, and wraps the model with LoRA (AdamW over the LoRA weights only; over all weights for `full`). The loop then
 takes optimizer steps of `grad_accum` micro-batches, evaluates the validation loss every
 `eval_every` steps, stops early after `patience` checks without improvement, and checkpoints every
 `checkpoint_every` steps. The adapter written at the end holds the weights with the best validation
-loss (the last weights when there is no validation set).
+loss (the last weights when there is no validation set). With `training.max_minutes` the loop stops
+when the budget is spent: it checkpoints, writes the weights so far (`stopped_for_time`), and a rerun
+resumes the remaining steps instead of reusing them.
 
 Why a plain PyTorch loop and not `transformers.Trainer`: the three things this recipe is about are
 hidden inside Trainer, and each is a few explicit lines here:
@@ -28,11 +36,12 @@ activation checkpointing), so `batch_size` x row length sets the peak; on a smal
 micro-batches and more `grad_accum` (the gradient is the same: the loss is normalised per step).
 
 work_dir layout:
-    checkpoints/step-<N>/   adapter/ (current LoRA weights), best/ (best-so-far weights), optimizer.pt,
+    checkpoints/step-<N>/   adapter/ (current trained weights), best/ (best-so-far weights), optimizer.pt,
                             rng.pt, state.json (step, epoch, best, counters, history, fingerprint);
                             written to a temporary directory and renamed; the last two are kept.
-    adapter/                the final peft adapter (adapter_config.json, adapter_model.safetensors)
-                            plus training.json (TrainResult.as_dict()).
+    adapter/                the result plus training.json (TrainResult.as_dict()): a peft adapter
+                            (adapter_config.json, adapter_model.safetensors) for `lora`, a whole
+                            model directory (config.json, model.safetensors, tokenizer) for `full`.
 """
 
 from __future__ import annotations
@@ -110,6 +119,8 @@ class TrainResult:
     validation_examples: int
     fingerprint: str
     settings: dict[str, Any] = field(default_factory=dict)
+    method: str = "lora"
+    stopped_for_time: bool = False  # training.max_minutes ran out before total_steps: a rerun resumes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,8 +343,112 @@ def _conversations_json(rows: Sequence[Conversation]) -> list[list[dict[str, str
     return [[dict(m) for m in row] for row in rows]
 
 
+def recipe_identity(settings: TrainingSettings) -> dict[str, Any]:
+    """The settings that shape the trained weights: budgets (`max_minutes`) and the other method's
+    settings do not. A LoRA run's identity is what it was before full fine-tuning existed, so adapters
+    trained then are still recognised (resumed, reused, not retrained)."""
+    d = settings.model_dump(mode="json")
+    d.pop("max_minutes")
+    lora_only = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate")
+    for name in ("method", "full_learning_rate") if settings.method == "lora" else lora_only:
+        d.pop(name)
+    return d
+
+
+class _LoraWeights:
+    """`lora`: peft wraps the base model; only the adapter's matrices train and are saved."""
+
+    def wrap(self, base: Any, s: TrainingSettings, model_name: str) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        layers = {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if _is_linear(module)}
+        missing = sorted(set(s.target_modules) - layers)
+        if missing or not s.target_modules:
+            raise TrainingError(
+                f"training.target_modules {missing or '(empty)'} are not layers of {model_name}; its linear "
+                f"layers are {sorted(layers)}: set training.target_modules to some of those"
+            )
+        config = LoraConfig(
+            r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            target_modules=list(s.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with warnings.catch_warnings():  # peft 0.21 still asks transformers 5 a deprecated question
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(base, config)
+
+    def state(self, model: Any) -> dict[str, Any]:
+        """A copy of the LoRA weights, keyed as in a saved adapter."""
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+    def load(self, model: Any, weights: Mapping[str, Any]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, dict(weights))
+
+    def export(self, model: Any, tokenizer: Any, weights: Mapping[str, Any], directory: Path) -> None:
+        """A peft adapter directory (adapter_config.json + adapter_model.safetensors) holding `weights`."""
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(model.peft_config["default"])
+        config.inference_mode = True
+        config.save_pretrained(str(directory))
+        save_file(dict(weights), str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+    def checkpoint(self, model: Any, weights: Mapping[str, Any], directory: Path) -> None:
+        self.export(model, None, weights, directory)
+
+    def read(self, directory: Path) -> dict[str, Any] | None:
+        """Weights saved by `checkpoint`, or None when there are none."""
+        from safetensors.torch import load_file
+
+        path = directory / "adapter_model.safetensors"
+        return load_file(path) if path.is_file() else None
+
+
+class _FullWeights:
+    """`full`: every weight of the base model trains; the result is a whole model directory."""
+
+    def wrap(self, base: Any, s: TrainingSettings, model_name: str) -> Any:
+        for p in base.parameters():
+            p.requires_grad_(True)
+        return base
+
+    def state(self, model: Any) -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def load(self, model: Any, weights: Mapping[str, Any]) -> None:
+        model.load_state_dict(dict(weights))
+
+    def export(self, model: Any, tokenizer: Any, weights: Mapping[str, Any], directory: Path) -> None:
+        """config.json + model.safetensors (+ generation config, tokenizer): loadable by `from_pretrained` alone."""
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(directory), state_dict=dict(weights))
+        tokenizer.save_pretrained(str(directory))
+
+    def checkpoint(self, model: Any, weights: Mapping[str, Any], directory: Path) -> None:
+        """The state dict as torch saves it: exact, tied weights included, nothing else (a resume loads it)."""
+        import torch
+
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(weights), directory / "weights.pt")
+
+    def read(self, directory: Path) -> dict[str, Any] | None:
+        import torch
+
+        path = directory / "weights.pt"
+        return torch.load(path) if path.is_file() else None
+
+
 class LoraRecipe:
-    """One LoRA run on one base model: `setup()`, then `train()`, then `save()`; `train_lora` chains them.
+    """One fine-tuning run (LoRA or full) on one base model: `setup()`, then `train()`, then `save()`;
+    `train_lora` chains them.
 
     A class only to hold the run's state between the phases; tests use it to reach the trained model.
     """
@@ -365,6 +480,10 @@ class LoraRecipe:
         self.steps_per_epoch = steps_per_epoch(len(train), settings.batch_size, settings.grad_accum)
         self.total_steps = max_steps or settings.max_steps or settings.epochs * self.steps_per_epoch
         self.started = time.perf_counter()
+        self.deadline = self.started + 60 * settings.max_minutes if settings.max_minutes else None
+        self.out_of_time = False
+        self.weights = _FullWeights() if settings.method == "full" else _LoraWeights()
+        self.peak_lr = settings.full_learning_rate if settings.method == "full" else settings.learning_rate
         self.location, self.local = resolve_generator(base_model, self.models_dir)
         self.fingerprint = self._fingerprint()
         self.state = LoopState()
@@ -378,7 +497,7 @@ class LoraRecipe:
         run = {
             "recipe": RECIPE_VERSION,
             "base": base,
-            "settings": {**self.settings.model_dump(mode="json"), "max_steps": self.total_steps},
+            "settings": {**recipe_identity(self.settings), "max_steps": self.total_steps},
         }
         h.update(json.dumps(run, sort_keys=True).encode())
         for rows in (self.train_rows, self.validation_rows):
@@ -391,8 +510,8 @@ class LoraRecipe:
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
-        if data.get("fingerprint") != self.fingerprint:
-            return None
+        if data.get("fingerprint") != self.fingerprint or data.get("stopped_for_time"):
+            return None  # another run, or one the time budget cut short: resume it
         return TrainResult.from_dict({**data, "reused": True})
 
     # --- setup ---
@@ -400,7 +519,6 @@ class LoraRecipe:
     def setup(self) -> None:
         """Load, check and prepare everything; fail here rather than hours into the loop."""
         import torch
-        from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         s = self.settings
@@ -426,33 +544,14 @@ class LoraRecipe:
 
         with _offline(self.local):
             base = AutoModelForCausalLM.from_pretrained(self.location, dtype=torch.float32, local_files_only=self.local)
-        layers = {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if _is_linear(module)}
-        missing = sorted(set(s.target_modules) - layers)
-        if missing or not s.target_modules:
-            raise TrainingError(
-                f"training.target_modules {missing or '(empty)'} are not layers of {self.base_model}; its linear "
-                f"layers are {sorted(layers)}: set training.target_modules to some of those"
-            )
-        config = LoraConfig(
-            r=s.lora_r,
-            lora_alpha=s.lora_alpha,
-            lora_dropout=s.lora_dropout,
-            target_modules=list(s.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        with warnings.catch_warnings():  # peft 0.21 still asks transformers 5 a deprecated question
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.model = get_peft_model(base, config)
+        self.model = self.weights.wrap(base, s, self.base_model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=s.learning_rate, weight_decay=s.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.peak_lr, weight_decay=s.weight_decay)
         self._resume()
 
     def _resume(self) -> None:
         """Continue from the latest complete checkpoint of this same run, if any."""
         import torch
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.checkpoints_dir.glob(".tmp-*"):  # a checkpoint interrupted while being written
@@ -467,9 +566,8 @@ class LoraRecipe:
                 f"{self.checkpoints_dir} holds checkpoints of a different run (other base model, settings or data): "
                 "use a fresh work_dir for this run, or delete that checkpoints directory to start over"
             )
-        set_peft_model_state_dict(self.model, load_file(latest / "adapter" / "adapter_model.safetensors"))
-        if (latest / "best" / "adapter_model.safetensors").is_file():
-            self.best_weights = load_file(latest / "best" / "adapter_model.safetensors")
+        self.weights.load(self.model, self.weights.read(latest / "adapter"))
+        self.best_weights = self.weights.read(latest / "best")
         self.optimizer.load_state_dict(torch.load(latest / "optimizer.pt"))
         rng = torch.load(latest / "rng.pt")
         torch.set_rng_state(rng["torch"])
@@ -506,7 +604,7 @@ class LoraRecipe:
         for step, epoch, batches in optimizer_steps(lengths, s.batch_size, s.grad_accum, s.seed, self.total_steps):
             if step <= st.step:
                 continue  # taken before the checkpoint this run resumed from
-            lr = s.learning_rate * lr_factor(step, s.warmup_steps, self.total_steps)
+            lr = self.peak_lr * lr_factor(step, s.warmup_steps, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
@@ -534,8 +632,8 @@ class LoraRecipe:
             train_loss = loss_sum / answer_tokens
             if not math.isfinite(train_loss):
                 raise TrainingError(
-                    f"the training loss became {train_loss} at step {step}: lower training.learning_rate "
-                    f"(now {s.learning_rate}) or raise training.warmup_steps"
+                    f"the training loss became {train_loss} at step {step}: lower training."
+                    f"{'full_' if s.method == 'full' else ''}learning_rate (now {self.peak_lr}) or raise training.warmup_steps"
                 )
             entry: dict[str, Any] = {
                 "step": step, "epoch": epoch, "train_loss": train_loss, "lr": lr, "tokens": real_tokens, "step_s": step_s,
@@ -546,13 +644,14 @@ class LoraRecipe:
                 entry["val_loss"] = val_loss
                 if st.best_val_loss is None or val_loss < st.best_val_loss:
                     st.best_val_loss, st.best_step, st.bad_checks = val_loss, step, 0
-                    self.best_weights = self._lora_weights()
+                    self.best_weights = self.weights.state(self.model)
                 else:
                     st.bad_checks += 1
                 st.stopped_early = bool(s.patience) and st.bad_checks >= s.patience and step < self.total_steps
             st.history.append(entry)
 
-            if step % s.checkpoint_every == 0:
+            self.out_of_time = self.deadline is not None and time.perf_counter() >= self.deadline and step < self.total_steps
+            if step % s.checkpoint_every == 0 or self.out_of_time:
                 self._save_checkpoint()
             if self.on_step is not None:
                 self.on_step(
@@ -563,26 +662,11 @@ class LoraRecipe:
                         elapsed_s=time.perf_counter() - self.started,
                     )
                 )
-            if st.stopped_early:
+            if st.stopped_early or self.out_of_time:
                 break
 
-    # --- checkpoints and the adapter ---
+    # --- checkpoints and the result ---
 
-    def _lora_weights(self) -> dict[str, Any]:
-        """A copy of the LoRA weights, keyed as in a saved adapter."""
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
-
-    def _write_adapter(self, weights: Mapping[str, Any], directory: Path) -> None:
-        """A peft adapter directory (adapter_config.json + adapter_model.safetensors) holding `weights`."""
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        config = copy.deepcopy(self.model.peft_config["default"])
-        config.inference_mode = True
-        config.save_pretrained(str(directory))
-        save_file(dict(weights), str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
 
     def _save_checkpoint(self) -> None:
         """Everything needed to continue exactly, written to a temporary directory and renamed into place."""
@@ -591,9 +675,9 @@ class LoraRecipe:
         step = self.state.step
         tmp = self.checkpoints_dir / f".tmp-step-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self._write_adapter(self._lora_weights(), tmp / "adapter")
+        self.weights.checkpoint(self.model, self.weights.state(self.model), tmp / "adapter")
         if self.best_weights is not None:
-            self._write_adapter(self.best_weights, tmp / "best")
+            self.weights.checkpoint(self.model, self.best_weights, tmp / "best")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"fingerprint": self.fingerprint, "state": asdict(self.state)}))
@@ -605,11 +689,9 @@ class LoraRecipe:
 
     def save(self) -> TrainResult:
         """Write the adapter (best validation weights if there is validation, else the last) with training.json."""
-        from peft import set_peft_model_state_dict
-
         st, s = self.state, self.settings
         if self.best_weights is not None:
-            set_peft_model_state_dict(self.model, self.best_weights)  # the in-memory model is now what is saved
+            self.weights.load(self.model, self.best_weights)  # the in-memory model is now what is saved
         window = [h["train_loss"] for h in st.history[-s.eval_every :]]
         result = TrainResult(
             adapter_dir=str(self.adapter_dir),
@@ -635,10 +717,12 @@ class LoraRecipe:
             validation_examples=len(self.validation_examples),
             fingerprint=self.fingerprint,
             settings={**s.model_dump(mode="json"), "max_steps": self.total_steps},
+            method=s.method,
+            stopped_for_time=self.out_of_time,
         )
         tmp = self.work_dir / ".tmp-adapter"
         shutil.rmtree(tmp, ignore_errors=True)
-        self._write_adapter(self._lora_weights(), tmp)
+        self.weights.export(self.model, self.tokenizer, self.weights.state(self.model), tmp)
         (tmp / "training.json").write_text(json.dumps(result.as_dict(), indent=2))
         shutil.rmtree(self.adapter_dir, ignore_errors=True)
         tmp.rename(self.adapter_dir)

@@ -366,6 +366,7 @@ def _chunk_store():
     return ChunkStore(s.store_uri, s.store.table, storage_options=s.store_options())
 
 
+@pytest.mark.extended  # the same flow path as on S3 (tests/flows/test_object_store.py, in make test)
 def test_ingest_rerun_and_delete_on_azure(home, tmp_path, az_store, azurite):
     from flows.ingest import ingest
 
@@ -391,6 +392,7 @@ def test_ingest_rerun_and_delete_on_azure(home, tmp_path, az_store, azurite):
     assert azurite["key"] not in json.dumps(store.status())
 
 
+@pytest.mark.extended  # the same flow path as on S3 (tests/flows/test_object_store.py, in make test)
 def test_a_writer_that_lost_its_lease_on_azure_stops_before_writing(home, tmp_path, az_store, azurite, monkeypatch):
     """A holder paused past the ttl resumes after another host took the lease over: it must not write
     chunks or the ledger (same contract as on S3)."""

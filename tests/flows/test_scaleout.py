@@ -55,7 +55,8 @@ def _same_tables(a: dict, b: dict) -> None:
         np.testing.assert_allclose(b[cid][1], vector, atol=1e-5)
 
 
-@pytest.mark.parametrize("runner", ["dask", "ray"])
+# Ray (~10 s to start a local cluster) in the extended tier: make test keeps to its 15-minute budget.
+@pytest.mark.parametrize("runner", ["dask", pytest.param("ray", marks=pytest.mark.extended)])
 def test_engine_gives_the_thread_table_and_a_rerun_embeds_nothing(runner, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAGTUNE_EMBEDDER__MODEL", "hashing:32")

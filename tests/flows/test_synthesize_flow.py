@@ -98,3 +98,19 @@ def test_synthesize_stops_at_its_budget_resumes_and_feeds_the_arena(home, tmp_pa
     assert run.questions == 2 and [s.name for s in run.alongside] == ["synthetic"]
     assert run.alongside[0].questions == len(test_set.rows) and [a.name for a in run.alongside[0].arms] == ["base", "rag"]
     assert "On the synthetic evaluation set (not gated)" in Path(both["markdown"]).read_text()
+
+
+def test_a_synthetic_set_without_held_out_questions_is_noted_not_fatal(home, tmp_path, tiny_llama, monkeypatch):
+    # A small model's reader round trip can keep nothing (the tiny llama on a server's nightly did):
+    # the labelled evaluation still runs, and its notes say why the synthetic set was not scored.
+    _, config = _setup(home, tmp_path, tiny_llama, monkeypatch)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "e1", "question": "How many days of leave?", "answers": ["25 days"], "answerable": True, "split": "test"}) + "\n")
+    with open(config, "a") as f:
+        f.write(f'path = "{qa}"\nsynthetic = true\n')
+    (home / "synth" / "abc").mkdir(parents=True)
+    (home / "synth" / "abc" / "questions.jsonl").write_text(json.dumps({"id": "s1", "question": "q?", "answers": ["a"], "split": "train"}) + "\n")
+    (home / "synth" / "LATEST").write_text("abc")
+    out = evaluate(arms=["base"], config_file=config)
+    run = EvalRun.model_validate_json((Path(out["markdown"]).parent / "results.json").read_text())
+    assert run.alongside == [] and any("kept no held-out question" in n for n in run.settings["notes"])

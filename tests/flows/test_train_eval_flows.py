@@ -160,3 +160,31 @@ def test_nightly_names_the_failing_step_and_keeps_the_index(setup, tmp_path):
     with pytest.raises(NightlyStepFailed, match="'retrain' failed"):
         nightly(source=str(corpus), config_file=config)
     assert version.exists()
+
+
+def test_full_fine_tuning_is_registered_compared_beside_lora_and_gated(setup, tmp_path, monkeypatch):
+    corpus, config = setup
+    ingest(str(corpus), config_file=config)
+    lora = retrain(config_file=config)["adapter"]["name"]
+    registry = Registry(tmp_path / "home" / "adapters", tmp_path / "home" / "locks")
+    registry.reject(lora, "set aside for this test")
+
+    monkeypatch.setenv("RAGTUNE_TRAINING__METHOD", "full")
+    full = retrain(config_file=config)
+    assert full["trained"] and full["reason"].startswith("recipe changed")
+    model = registry.get(full["adapter"]["name"])
+    assert model.method == "full" and model.status == "candidate"
+    assert (model.path / "config.json").is_file() and not (model.path / "adapter_config.json").exists()
+    assert not retrain(config_file=config)["trained"]  # the same recipe and data: nothing to do
+
+    out = evaluate(config_file=config)
+    run = EvalRun.model_validate_json((Path(out["markdown"]).parent / "results.json").read_text())
+    arms = {a.name: a for a in run.arms}
+    assert list(arms) == ["base", "rag", "lora", "hybrid", "full", "full+rag"]
+    assert (arms["lora"].adapter, arms["lora"].adapter_role) == (lora, "latest")
+    assert (arms["full+rag"].adapter, arms["full+rag"].adapter_role, arms["full+rag"].retrieval) == (model.name, "candidate", True)
+    assert arms["full"].metrics["groundedness"].n == 0 and arms["full+rag"].metrics["hit@5"].n == 2
+    assert set(run.canary) == {"base", "lora@latest", "full@candidate"}
+    # The newest candidate is the full model: its full+rag arm is gated against base rag.
+    assert run.gate is not None and run.gate.candidate == model.name and run.gate.incumbent == "base" and not run.gate.promote
+    assert registry.get(model.name).status == "rejected" and registry.get(lora).status == "rejected"

@@ -86,8 +86,9 @@ def test_a_regression_event_notifies_the_configured_webhook(api, server_stack, w
 
 @pytest.mark.extended
 def test_nightly_on_the_server_runs_each_step_as_its_own_run_on_its_pool(api):
-    """The chain triggered like the UI does: ingest on the ingest pool, retrain and evaluate on the
-    training pool, each a child flow run of the nightly run (tiny llama, hashing embedder)."""
+    """The chain triggered like the UI does: ingest on the ingest pool, synthesize (demo/ragtune.toml uses
+    synthetic questions), retrain and evaluate on the training pool, each a child flow run of the nightly
+    run (tiny llama, hashing embedder)."""
     for name in ("retrain-demo", "evaluate-demo"):  # runs the automation queued while the pool was paused
         for r in api.flow_runs(api.deployment(name)["id"]):
             if r["state_type"] == "SCHEDULED":
@@ -103,16 +104,18 @@ def test_nightly_on_the_server_runs_each_step_as_its_own_run_on_its_pool(api):
         api.patch("/work_pools/ragtune-train", {"is_paused": True})
     children = api.post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}, "sort": "START_TIME_ASC"})
     by_deployment = {api.get(f"/deployments/{c['deployment_id']}")["name"]: c for c in children if c.get("deployment_id")}
-    assert done["state_type"] == "COMPLETED", (done["state"], {n: c["state"] for n, c in by_deployment.items()})
-    assert len(children) == 3 and set(by_deployment) == {"ingest-demo", "retrain-demo", "evaluate-demo"}
+    assert done["state_type"] == "COMPLETED", (done["state"].get("message"), {n: (c["state"] or {}).get("message") for n, c in by_deployment.items()})
+    assert len(children) == 4 and set(by_deployment) == {"ingest-demo", "synthesize-demo", "retrain-demo", "evaluate-demo"}
+    assert children[1]["id"] == by_deployment["synthesize-demo"]["id"]  # after the ingest, before the retrain
     # The chain retrains itself: its ingest does not also fire the retrain-on-change automation.
     time.sleep(5)
     new_retrains = [r["id"] for r in api.flow_runs(api.deployment("retrain-demo")["id"]) if r["id"] not in retrain_before]
     assert new_retrains == [by_deployment["retrain-demo"]["id"]]
     assert by_deployment["ingest-demo"]["work_pool_name"] == "ragtune-ingest"
-    assert by_deployment["retrain-demo"]["work_pool_name"] == by_deployment["evaluate-demo"]["work_pool_name"] == "ragtune-train"
+    assert {by_deployment[d]["work_pool_name"] for d in ("synthesize-demo", "retrain-demo", "evaluate-demo")} == {"ragtune-train"}
+    assert by_deployment["synthesize-demo"]["parameters"]["table"] == "nightly_chunks"
     assert all(c["state_type"] == "COMPLETED" for c in by_deployment.values())
     assert by_deployment["ingest-demo"]["parameters"]["table"] == "nightly_chunks"
     assert by_deployment["evaluate-demo"]["parameters"]["limit"] == 2
     summary = {a["key"]: a for a in api.artifacts(run["id"])}["nightly"]["data"]
-    assert summary.count("| completed |") == 3
+    assert summary.count("| completed |") == 4

@@ -148,6 +148,27 @@ def test_nightly_runs_each_step_as_its_deployment(monkeypatch):
     assert [s["state"] for s in done.values()] == ["completed"] * 3 and "run-1" in done["ingest"]["detail"]
 
 
+def test_nightly_synthesizes_after_the_ingest_when_the_settings_use_synthetic_questions(monkeypatch, tmp_path):
+    from flows.nightly import DEFAULT_DEPLOYMENTS, chain_steps
+
+    with_synth = chain_steps("docs", False, None, None, None, "t", "cfg.toml", DEFAULT_DEPLOYMENTS, synthesize=True)
+    assert [s.name for s in with_synth] == ["ingest", "synthesize", "retrain", "evaluate"]
+    assert (with_synth[1].deployment, with_synth[1].parameters) == ("synthesize/synthesize-demo", {"table": "t", "config_file": "cfg.toml"})
+    assert [s.name for s in _nightly_steps()] == ["ingest", "retrain", "evaluate"]
+
+    import flows.nightly as nightly
+
+    seen = []
+    monkeypatch.setattr(nightly, "run_chain", lambda steps, run: seen.append([s.name for s in steps]) or {"evaluate": {"state": "completed", "detail": ""}})
+    config = tmp_path / "ragtune.toml"
+    for body, expected in (("", False), ("[dataset]\nsynthetic = true\n", True), ("[evaluation]\nsynthetic = true\n", True)):
+        config.write_text(body)
+        nightly.nightly.fn(source="docs", config_file=str(config), step_mode="in-process")
+        assert ("synthesize" in seen[-1]) is expected, body
+    nightly.nightly.fn(source="docs", config_file=str(config), step_mode="in-process", synthesize=False)
+    assert "synthesize" not in seen[-1]
+
+
 def test_nightly_in_process_ingest_does_not_suggest_a_retrain(monkeypatch):
     import flows.nightly as nightly
 

@@ -135,6 +135,19 @@ def test_config_spec():
         grounding_model_path("trained:")
 
 
+def test_scorer_identity_follows_the_model_files_content(tmp_path):
+    from tasks.ground_model import grounding_scorer_identity
+
+    assert grounding_scorer_identity("lexical") == "lexical"
+    path = tmp_path / "g.json"
+    path.write_text('{"weights": [1.0]}')
+    first = grounding_scorer_identity(f"trained:{path}")
+    assert first.startswith("trained:") and first == grounding_scorer_identity(f"trained:{path}")
+    path.write_text('{"weights": [2.0]}')  # refitted in place: a stored calibration must not be reused
+    assert grounding_scorer_identity(f"trained:{path}") != first
+    assert grounding_scorer_identity(f"trained:{tmp_path / 'none.json'}") == "trained:missing"
+
+
 def test_config_switch_picks_the_threshold(home, monkeypatch, tmp_path):
     from pydantic import ValidationError
 

@@ -100,10 +100,22 @@ def test_retrain_skips_when_nothing_changed_and_says_why(registry, tmp_path):
     assert changed.key != first.key
 
 
+def test_a_run_cut_by_the_time_budget_is_resumed_not_skipped(registry, tmp_path):
+    settings = load_settings(home=tmp_path, training={"max_minutes": 5})
+    first = plan(registry, settings, _dataset(tmp_path, "d1"))
+    registry.register(fake_adapter(tmp_path / "w"), "a", {
+        "created_at": "1", "training_key": first.key, "training": {"stopped_for_time": True, "steps": 12, "total_steps": 40},
+    })
+    again = plan(registry, settings, _dataset(tmp_path, "d1"))
+    assert again.train and again.key == first.key and "resuming" in again.reason and "12 of 40 steps" in again.reason
+
+
 def test_training_key_follows_recipe_and_base_model_but_not_the_step_cap(tmp_path):
     s = load_settings(home=tmp_path)
     key = training_key(s, "d1")
     assert training_key(load_settings(home=tmp_path, training={"max_steps": 3}), "d1") == key
+    assert training_key(load_settings(home=tmp_path, training={"max_minutes": 30}), "d1") == key  # a budget, not the recipe
+    assert training_key(load_settings(home=tmp_path, training={"method": "full"}), "d1") != key
     assert training_key(load_settings(home=tmp_path, training={"lora_r": 16}), "d1") != key
     model = tmp_path / "model"
     model.mkdir()
@@ -205,3 +217,36 @@ def test_a_corrupt_registry_names_the_file_and_the_way_back(registry, tmp_path):
     assert "registry.json.bak" in str(e.value)
     (registry.root / "registry.json.bak").replace(state)
     assert registry.get("a").status == "candidate"  # the version before the promotion
+
+
+def fake_full_model(path):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"weights")
+    return path
+
+
+def test_arena_runs_each_method_against_its_own_models_and_gates_the_newest_candidate(registry, tmp_path):
+    from tasks.arena import ArmRun, arm_specs, gated_arms, newest_candidate
+    from tasks.registry import trained_method
+
+    assert trained_method(fake_full_model(tmp_path / "f")) == "full" and trained_method(tmp_path) is None
+    registry.register(fake_adapter(tmp_path / "w1"), "lora1", {"method": "lora"})
+    registry.promote("lora1", "first")
+    registry.register(fake_full_model(tmp_path / "w2"), "full1", {"method": "full"})
+    registry.register(fake_adapter(tmp_path / "w3"), "lora2", {})  # registered before `method` existed: lora
+    specs, notes = arm_specs(["rag", "hybrid", "full+rag"], registry)
+    got = [(s.name, s.adapter.name if s.adapter else None, s.role, s.retrieval) for s in specs]
+    assert got == [("rag", None, None, True), ("hybrid@champion", "lora1", "champion", True),
+                   ("hybrid@candidate", "lora2", "candidate", True), ("full+rag", "full1", "candidate", True)]
+    assert notes == [] and [s.model for s in specs] == ["base", "lora@champion", "lora@candidate", "full@candidate"]
+
+    runs = [ArmRun(s, [], [], 1.0) for s in specs]
+    candidate, incumbent = gated_arms(runs, newest_candidate(registry))
+    assert candidate.spec.adapter.name == "lora2" and incumbent.spec.name == "hybrid@champion"
+    registry.reject("lora2", "worse")
+    candidate, incumbent = gated_arms(runs, newest_candidate(registry))
+    assert candidate.spec.adapter.name == "full1" and incumbent.spec.adapter.name == "lora1"  # against the champion, any method
+
+    _, notes = arm_specs(["full"], type(registry)(tmp_path / "empty", tmp_path / "locks"))
+    assert notes and 'training.method = "full"' in notes[0]

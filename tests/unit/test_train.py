@@ -338,3 +338,76 @@ def test_right_padding_without_attention_mask_leaves_each_rows_loss_unchanged(ti
         alone = [answer_loss_sum(model, collate([e], pad)) for e in (short, long)]
     assert n == sum(k for _, k in alone)
     assert torch.allclose(together, sum(loss for loss, _ in alone), atol=1e-4)
+
+
+# 7. full fine-tuning and the time budget ---------------------------------------------------------------
+
+
+def model_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_full_fine_tuning_writes_a_whole_model_that_reloads_exactly(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = model_tensors(tiny_model)
+    recipe = LoraRecipe(str(tiny_model), TRAIN, VALIDATION, settings(method="full", full_learning_rate=1e-3), tmp_path / "run", tmp_path / "m")
+    recipe.setup()
+    assert sum(p.numel() for p in recipe.params) == sum(p.numel() for p in recipe.model.parameters())  # every weight trains
+    recipe.train()
+    result = recipe.save()
+
+    out = Path(result.adapter_dir)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "training.json", "tokenizer_config.json"} <= names
+    assert "adapter_config.json" not in names and "weights.pt" not in names
+    assert result.method == "full" and not result.stopped_for_time
+    assert result.history[0]["lr"] <= 1e-3  # the full learning rate, not LoRA's 1e-2
+
+    batch = collate(recipe.validation_examples, recipe.pad_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    recipe.model.eval()
+    with torch.no_grad():
+        trained = recipe.model(**inputs).logits
+        reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+        assert torch.allclose(reloaded(**inputs).logits, trained, atol=1e-6, rtol=0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+        assert not torch.allclose(base(**inputs).logits, trained, atol=1e-4)
+    assert AutoTokenizer.from_pretrained(out).chat_template  # the directory serves on its own
+    after = model_tensors(tiny_model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base model on disk is untouched
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_time_budget_stops_checkpoints_and_a_rerun_finishes_like_an_uninterrupted_run(tiny_model, tmp_path, method):
+    s = settings(method=method, full_learning_rate=1e-3, max_steps=4, checkpoint_every=10, eval_every=2)
+    whole = train_lora(str(tiny_model), TRAIN, VALIDATION, s, tmp_path / "whole", tmp_path / "m")
+
+    budget = s.model_copy(update={"max_minutes": 1e-9})  # spent after the first step
+    cut = train_lora(str(tiny_model), TRAIN, VALIDATION, budget, tmp_path / "cut", tmp_path / "m")
+    assert cut.stopped_for_time and cut.steps == 1 < cut.total_steps == 4
+    assert (tmp_path / "cut" / "checkpoints" / "step-1").is_dir()  # checkpointed although checkpoint_every is 10
+    assert cut.fingerprint == whole.fingerprint  # the budget is not part of what the weights are
+
+    resumed = train_lora(str(tiny_model), TRAIN, VALIDATION, s, tmp_path / "cut", tmp_path / "m")
+    assert not resumed.reused and resumed.resumed_from_step == 1 and resumed.steps == 4 and not resumed.stopped_for_time
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    read = lora_tensors if method == "lora" else model_tensors
+    a, b = read(tmp_path / "whole" / "adapter"), read(tmp_path / "cut" / "adapter")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+    assert train_lora(str(tiny_model), TRAIN, VALIDATION, s, tmp_path / "cut", tmp_path / "m").reused
+
+
+def test_recipe_identity_holds_only_what_shapes_the_weights():
+    from tasks.train import recipe_identity
+
+    lora = recipe_identity(TrainingSettings())
+    assert not {"method", "full_learning_rate", "max_minutes"} & lora.keys() and lora["lora_r"] == 8
+    assert recipe_identity(TrainingSettings(max_minutes=5, full_learning_rate=1e-6)) == lora
+    full = recipe_identity(TrainingSettings(method="full"))
+    assert full["method"] == "full" and "full_learning_rate" in full and not {"lora_r", "learning_rate"} & full.keys()
+    assert recipe_identity(TrainingSettings(method="full", lora_r=64)) == full
+    assert recipe_identity(TrainingSettings(method="full", full_learning_rate=1e-4)) != full
