@@ -218,13 +218,14 @@ def evaluate(
     alongside = []
     from tasks.synth import latest as latest_synthetic
 
-    found = latest_synthetic(settings.synth_dir) if settings.evaluation.synthetic and eval_set_path != SYNTHETIC else None
-    if settings.evaluation.synthetic and eval_set_path != SYNTHETIC and found is None:
+    alongside_synthetic = settings.evaluation.synthetic and eval_set_path != SYNTHETIC
+    found = latest_synthetic(settings.synth_dir) if alongside_synthetic else None
+    if alongside_synthetic and found is None:
         notes.append(f"evaluation.synthetic is set but {settings.synth_dir} holds no synthetic set yet: run `ragtune synth`")
     elif found is not None and not any(r.get("split") == "test" for _, r in read_objects(found)):
         notes.append(f"evaluation.synthetic: the latest synthetic set ({found.parent.name}) kept no held-out question "
                      "(see its synth.json funnel): not scored")
-    elif settings.evaluation.synthetic and eval_set_path != SYNTHETIC:  # the same arms on questions nobody labelled
+    elif found is not None:  # the same arms on questions nobody labelled
         synthetic = eval_set(settings, SYNTHETIC, limit)
         synthetic_runs = [answer_arm(spec, synthetic.rows, settings, table) for spec in specs]
         score_arms(synthetic_runs, {}, settings)

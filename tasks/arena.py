@@ -68,12 +68,13 @@ def arm_specs(kinds: Sequence[str], registry: Registry) -> tuple[list[ArmSpec], 
     """The arms to run, and notes on requested arms that cannot run (nothing of their method trained yet)."""
     specs: list[ArmSpec] = []
     notes: list[str] = []
+    by_method = {m: tuned_models(registry, m) for m in {TUNED_METHOD[k] for k in kinds if k in TUNED_METHOD}}
     for kind in kinds:
         if kind in ("base", "rag"):
             specs.append(ArmSpec(kind, kind, retrieval=kind == "rag"))
             continue
         method = TUNED_METHOD[kind]
-        models = tuned_models(registry, method)
+        models = by_method[method]
         if not models:
             hint = "`ragtune train`" if method == "lora" else '`ragtune train` with training.method = "full"'
             notes.append(f"{kind}: no {'adapter' if method == 'lora' else 'fully fine-tuned model'} in the registry yet (run {hint})")
