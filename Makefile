@@ -60,7 +60,8 @@ serve-stop:
 # Ingestion throughput (Debian docs), retrieval quality + latency (HaluEval dev, demo set), grounding
 # calibration (HaluEval dev), LoRA training throughput vs a naive Trainer, arena throughput by batch
 # size (with the prefill floor that bounds it), float32 vs bfloat16 inference, the whole loop's quality on
-# HaluEval dev (bench/quality.py: four arms, adapters from labelled/synthetic/both, ~1 h): results in
+# HaluEval dev (bench/quality.py: four arms, adapters from labelled/synthetic/both, ~1 h), each packaged
+# generator as the RAFT base (bench/generators.py: SmolLM2-135M vs Gemma-3-270M, ~45 min): results in
 # bench/results/*-latest.{json,md}. bench/reranker.py (the fine-tuned cross-encoder
 # experiment, ~25 min) runs on its own.
 bench: models
@@ -72,6 +73,7 @@ bench: models
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/scaleout.py --repeats 3
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/generators.py
 
 # Reliability drills (bench/drills.py, issue 12; not part of `make test`): kill -9 at random points of
 # ingests and of a LoRA run, 30 % of task attempts failing (RAGTUNE_FAULTS), concurrent ingests, >= 200

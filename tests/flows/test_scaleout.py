@@ -79,6 +79,7 @@ def test_engine_gives_the_thread_table_and_a_rerun_embeds_nothing(runner, tmp_pa
 
 
 @pytest.mark.models
+@pytest.mark.extended  # 41 s; the dask engine is also covered in make test by the tiny-embedder table test
 def test_real_embedder_on_dask_matches_thread(tmp_path, monkeypatch):
     """The packaged MiniLM: one torch thread per worker gives the vectors of the in-flow path."""
     monkeypatch.chdir(tmp_path)

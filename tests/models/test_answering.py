@@ -68,6 +68,7 @@ def test_batched_generation_equals_one_at_a_time(answerer):
     assert all(g.new_tokens > 0 for g in batched)
 
 
+@pytest.mark.extended  # 44 s; make test checks split prefill on the tiny llama (tests/unit/test_generate.py)
 def test_split_prefill_generation_equals_one_at_a_time_with_the_real_model(answerer):
     """Retrieval prompts of different lengths, each prefilled alone and decoded as one batch: the
     same greedy answers as one at a time."""
