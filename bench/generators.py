@@ -87,6 +87,10 @@ def one(a: argparse.Namespace) -> None:
     (home / "result.json").write_text(json.dumps(out, default=str, indent=1))
 
 
+def _f(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     from tasks.models import PACKAGED_GENERATORS
 
@@ -101,7 +105,7 @@ def markdown(r: dict[str, Any]) -> str:
     for g in r["generators"]:
         st = g["stages"]
         L.append(f"| {g['generator']} | {st.get('convert ' + g['generator'], {}).get('wall_s')} | {st['train']['wall_s']} | "
-                 f"{g['training'].get('tokens_per_s')} | {g['seconds_per_answer'].get('hybrid')} | {g['peak_rss_gb']} | "
+                 f"{_f(g['training'].get('tokens_per_s'), 0)} | {_f(g['seconds_per_answer'].get('hybrid'), 2)} | {g['peak_rss_gb']} | "
                  f"{PACKAGED_GENERATORS[g['generator']].licence} |")
     if r["differences"]:
         L += ["", "Paired differences on the same questions (vs the first generator):", ""]
