@@ -74,6 +74,8 @@ bench: models
 	$(BIN)/python bench/scaleout.py --repeats 3
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/generators.py
+	$(BIN)/python bench/fallback.py
+	$(BIN)/python bench/synth_scale.py
 
 # Reliability drills (bench/drills.py, issue 12; not part of `make test`): kill -9 at random points of
 # ingests and of a LoRA run, 30 % of task attempts failing (RAGTUNE_FAULTS), concurrent ingests, >= 200

@@ -250,6 +250,8 @@ def ask(
         lines.append(f"[{c['n']}] {where}  (chunk {c['chunk_id'][:12]})")
     if result["abstained"]:
         lines.append(f"(abstained: {result['reason']})")
+    if result["quoted"]:
+        lines.append("(quoted from the source: the generated answer was not supported by it)")
     if result["adapter_withheld"]:
         lines.append(f"(base model: {result['adapter_withheld']})")
     lines.append("timings: " + ", ".join(f"{k_} {v * 1000:.0f} ms" for k_, v in result["timings"].items()))

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from data_contracts.schemas import Column
 
-STRATEGIES = ("rules", "generator", "unanswerable")
+STRATEGIES = ("rules", "generator", "paraphrase", "unanswerable")
 SPAN_KINDS = ("number", "money", "percent", "date", "year", "name", "term")
 
 SYNTH_COLUMNS: tuple[Column, ...] = (
@@ -21,7 +21,7 @@ SYNTH_COLUMNS: tuple[Column, ...] = (
     Column("question", pa.string(), True, "The generated question."),
     Column("answer", pa.string(), False, "The answer span taken from the source chunk; null when unanswerable."),
     Column("answer_kind", pa.string(), True, "What kind of span the answer is (number, date, name, ...)."),
-    Column("strategy", pa.string(), True, "rules (cloze to question), generator (the configured LLM) or unanswerable."),
+    Column("strategy", pa.string(), True, "rules (cloze to question), generator (the configured LLM), paraphrase (the LLM rewords a rule question) or unanswerable."),
     Column("chunk_id", pa.string(), True, "The chunk the question was generated from."),
     Column("doc_id", pa.string(), True, "Its document: the unit the train/evaluation split is drawn by."),
     Column("paraphrase_group", pa.string(), True, "Questions about the same answer in the same chunk share it."),

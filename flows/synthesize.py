@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from threadpoolctl import threadpool_limits
 
 from tasks import faults
 from tasks import synth as steps
@@ -43,17 +44,20 @@ def draft_questions(settings: Settings, table: str | None, batch: list[dict[str,
     faults.maybe_fail("draft-questions")
     session = steps.open_session(settings, table)
     found = session.drafter.draft(batch)
-    session.checkpoint.append([c["chunk_id"] for c in batch], found)
+    session.checkpoint.append(batch, found)
     return len(found)
 
 
 @task(name="finish-questions", retries=2, retry_delay_seconds=1, **_TASK)
-def finish_questions(settings: Settings, table: str | None, manifest: dict[str, Any]) -> dict[str, Any]:
+def finish_questions(settings: Settings, table: str | None, chunks: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
     """Near-duplicates, unanswerable questions, the contract, the document split; saved."""
     faults.maybe_fail("finish-questions")
     session = steps.open_session(settings, table)
-    _, candidates = session.checkpoint.load()
-    result = steps.finish(candidates, load_embedder_for(settings).embed, session.in_corpus, settings.synth, session.drafter.k)
+    _, candidates = session.checkpoint.current(chunks)
+    # The near-duplicate pass is numpy's: without a limit its BLAS threads fight the other worker (14x slower at
+    # 8k questions on 2 shared cores, bench/results/synth-scale-latest.md).
+    with threadpool_limits(settings.threads):
+        result = steps.finish(candidates, load_embedder_for(settings).embed, session.in_corpus, settings.synth, session.drafter.k)
     path = steps.save(result, settings.synth_dir, manifest)
     return {"path": str(path / "questions.jsonl"), "hash": result.hash, "funnel": result.funnel, **manifest}
 
@@ -76,22 +80,27 @@ def synthesize(
         settings = settings.model_copy(update={"synth": settings.synth.model_copy(update=updates)})
     began = time.monotonic()
     chunks, key = sample_chunks(settings, table)
-    done, _ = steps.Checkpoint(settings.synth_dir / ".work" / key).load()
+    checkpoint = steps.Checkpoint(settings.synth_dir / ".work" / key)
+    done, _ = checkpoint.current(chunks)
     todo = steps.batches(chunks, done, settings.synth.batch_chunks)
-    stopped = False
+    stopped, budget, batch_seconds = False, settings.synth.max_minutes * 60, []
     with progress_bar("drafting", len(todo), unit="batches") as advance:
         for batch in todo:
-            if time.monotonic() - began > settings.synth.max_minutes * 60:
+            # Stop before a batch that would, at the mean pace so far, end past the budget.
+            expected = sum(batch_seconds) / len(batch_seconds) if batch_seconds else 0.0
+            if time.monotonic() - began + expected > budget:
                 stopped = True
                 break
+            start = time.monotonic()
             draft_questions(settings, table, batch)
+            batch_seconds.append(time.monotonic() - start)
             advance(1)
-    done, _ = steps.Checkpoint(settings.synth_dir / ".work" / key).load()
+    done, _ = checkpoint.current(chunks)
     manifest = {
-        "key": key, "chunks_sampled": len(chunks), "chunks_drafted": len(done & {c["chunk_id"] for c in chunks}),
+        "key": key, "chunks_sampled": len(chunks), "chunks_drafted": len(done),
         "stopped_early": stopped, "max_minutes": settings.synth.max_minutes, "seconds": round(time.monotonic() - began, 1),
         "settings": settings.synth.model_dump(mode="json"),
     }
-    summary = finish_questions(settings, table, manifest)
+    summary = finish_questions(settings, table, chunks, manifest)
     create_markdown_artifact(key="synthetic-questions", markdown=synth_markdown(summary), description="synthetic questions")
     return summary

@@ -3,7 +3,10 @@
 An answer lists the sources it used (`[n]` markers mapped to document, page/section and chunk id).
 ragtune abstains ("The documents don't answer this.") with the closest sources when retrieval
 confidence is low, when the model itself says so, or when the answer is not supported by the
-sources it was given.
+sources it was given. With `retrieval.fallback = "quote"` a withheld draft is replaced by the
+sentence of the top source closest to the question, verbatim and cited, when it is similar enough
+(`QuoteRule`): a small generator often names the wrong entity from the right passage, and the
+sentence that holds the answer is then a better reply than none.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tasks.generate import ABSTAIN, Generator, Source, base_messages, pack_sources, rag_messages
-from tasks.ground import DEFAULT_THRESHOLD, GroundingScorer, SentenceSupport, answer_support
+from tasks.generate import ABSTAIN, WITHHELD, Generator, Source, base_messages, pack_sources, rag_messages
+from tasks.ground import DEFAULT_THRESHOLD, GroundingScorer, SentenceSupport, answer_support, split_sentences, strip_citations
 from tasks.rerank import Reranker
 from tasks.retrieve import Hit, Retriever, SearchFilters
 from tasks.rewrite import multi_query_search, rewrites
@@ -54,12 +57,14 @@ class Answer:
     draft: str | None = None  # the generated text when it was withheld
     closest_sources: list[Citation] = field(default_factory=list)
     retrieved: list[str] = field(default_factory=list)  # doc ids of the ranked candidates (for retrieval metrics)
+    quoted: bool = False  # the answer is a source sentence quoted verbatim (the draft was withheld)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "question": self.question,
             "answer": self.answer,
             "abstained": self.abstained,
+            "quoted": self.quoted,
             "reason": self.reason,
             "support": self.support,
             "citations": [c.__dict__ for c in self.citations],
@@ -79,6 +84,60 @@ def says_abstain(text: str) -> bool:
 def _withheld_by_model(draft: str) -> bool:
     """The model abstained itself (or said nothing): there is no claim to check."""
     return says_abstain(draft) or not draft.strip()
+
+
+def drop_repeated_sentences(text: str) -> str:
+    """The text without sentences it already said (a small model loops: "X. X. X."); as is when none repeats."""
+    sentences = split_sentences(text)
+    seen: set[str] = set()
+    kept = []
+    for sentence in sentences:
+        key = " ".join(_WORD.findall(strip_citations(sentence)[0].lower()))
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(sentence.strip())
+    return text if len(kept) == len(sentences) else " ".join(kept)
+
+
+_WORD = re.compile(r"\w+")
+# Reasons after which a quote may answer instead: a draft was written and withheld, so the sources were good enough to try.
+QUOTABLE = frozenset({"unsupported", "model_abstained"})
+
+
+@dataclass(frozen=True)
+class QuoteRule:
+    """When a draft is withheld, quote the source sentence most similar to the question, if it is at least
+    `min_similarity` (embedder cosine) similar, from the first `sources` sources; sentences under
+    `min_words` words or that only restate the question (a heading, a cross-reference) are not answers."""
+
+    min_similarity: float = 0.5
+    sources: int = 1
+    min_words: int = 4
+
+
+def restates(question: str, sentence: str) -> bool:
+    """The sentence repeats the question or adds no word to it: it cannot be the answer."""
+    asked = _WORD.findall(question.lower())
+    said = _WORD.findall(sentence.lower())
+    return " ".join(asked) in " ".join(said) or set(said) <= set(asked)
+
+
+def quote_candidates(question: str, sources: Sequence[Source], rule: QuoteRule) -> list[tuple[int, str]]:
+    """(source index, sentence) pairs a quote may take, in source order: from the text the generator was
+    shown (`Source.text`: instruction-like sentences withheld, markup neutralised), never the raw chunk,
+    so a quote cannot carry what the prompt guard kept from the model."""
+    out = []
+    for i, source in enumerate(sources[: rule.sources]):
+        for sentence in split_sentences(source.text.replace(WITHHELD, "\n")):
+            sentence = " ".join(sentence.split())
+            if len(sentence.split()) >= rule.min_words and not restates(question, sentence):
+                out.append((i, sentence))
+    return out
+
+
+def _in_section(hit: Hit, sentence: str) -> str:
+    return f"{hit.heading_path[-1]}\n{sentence}" if hit.heading_path else sentence
 
 
 def cited_numbers(text: str, available: int) -> list[int]:
@@ -118,9 +177,10 @@ class Answerer:
         min_dense: float = 0.2,
         min_support: float = DEFAULT_THRESHOLD,
         rewrite_queries: int = 0,
+        quote: QuoteRule | None = None,
     ):
         self.retriever, self.generator, self.scorer, self.reranker = retriever, generator, scorer, reranker
-        self.rewrite_queries = rewrite_queries
+        self.rewrite_queries, self.quote = rewrite_queries, quote
         self.k, self.context_tokens, self.min_dense, self.min_support = k, context_tokens, min_dense, min_support
 
     def ask(self, question: str, filters: SearchFilters | None = None) -> Answer:
@@ -135,7 +195,7 @@ class Answerer:
         start = time.perf_counter()
         generations = self.generator.generate([rag_messages(p.question, p.sources) for p in to_generate])
         per_question = (time.perf_counter() - start) / max(1, len(to_generate))
-        drafts = [g.text for g in generations]
+        drafts = [drop_repeated_sentences(g.text) for g in generations]
         scored = {id(p): (d, s) for p, d, s in zip(to_generate, drafts, self._score(to_generate, drafts))}
         answers = []
         for p in pending:
@@ -144,6 +204,8 @@ class Answerer:
                 continue
             p.timings["generate"] = per_question
             answers.append(self._validate(p, *scored[id(p)]))
+        if self.quote is not None:
+            answers = self._quote_withheld(pending, answers, self.quote)
         for p, a in zip(pending, answers):
             a.retrieved = p.ranking
         return answers
@@ -213,6 +275,39 @@ class Answerer:
         citations = [Citation.of(p.sources[n - 1]) for n in numbers]
         return Answer(p.question, draft, False, citations, grounding, p.timings, support=support)
 
+    def _quote_withheld(self, pending: Sequence[_Pending], answers: list[Answer], rule: QuoteRule) -> list[Answer]:
+        """Withheld drafts replaced by a quote where one is similar enough: one embedding call for the batch."""
+        assert self.retriever is not None
+        todo = [(i, quote_candidates(p.question, p.sources, rule)) for i, (p, a) in enumerate(zip(pending, answers))
+                if a.abstained and a.reason in QUOTABLE]
+        todo = [(i, c) for i, c in todo if c]
+        if not todo:
+            return answers
+        start = time.perf_counter()
+        # The sentence that answers is chosen on its own words; whether it is similar enough is judged under
+        # its section's heading, as chunks are embedded at ingest ("7.2 How can I save my workspace?" gives
+        # "save.image() saves ..." the context it answers in).
+        texts = [t for i, cands in todo for t in [pending[i].question, *(s for _, s in cands),
+                                                  *(_in_section(pending[i].sources[j].hit, s) for j, s in cands)]]
+        vectors = self.retriever.embedder.embed(texts)
+        each = (time.perf_counter() - start) / len(todo)
+        out, row = list(answers), 0
+        for i, cands in todo:
+            n = len(cands)
+            q, plain, sectioned = vectors[row], vectors[row + 1 : row + 1 + n], vectors[row + 1 + n : row + 1 + 2 * n]
+            row += 1 + 2 * n
+            best = int((plain @ q).argmax())
+            similarity = float(max(plain[best] @ q, sectioned[best] @ q))
+            p, withheld = pending[i], answers[i]
+            p.timings["quote"] = each
+            if similarity < rule.min_similarity:
+                continue
+            source, sentence = p.sources[cands[best][0]], cands[best][1]
+            grounding = [{"sentence": sentence, "score": 1.0, "supported": True, "source": source.n, "similarity": round(similarity, 4)}]
+            out[i] = Answer(p.question, f"{sentence} [{source.n}]", False, [Citation.of(source)], grounding, p.timings,
+                            support=1.0, draft=withheld.draft, quoted=True)
+        return out
+
     def _abstain(self, p: _Pending, reason: str, draft: str | None = None) -> Answer:
         closest = [Citation.of(s) for s in p.sources[:3]]
         return Answer(p.question, ABSTAIN, True, [], [], p.timings, reason=reason, draft=draft, closest_sources=closest)
@@ -222,7 +317,8 @@ class Answerer:
         start = time.perf_counter()
         generations = self.generator.generate([base_messages(q) for q in questions])
         per = (time.perf_counter() - start) / max(1, len(questions))
-        return [Answer(q, g.text, says_abstain(g.text), [], [], {"generate": per}) for q, g in zip(questions, generations)]
+        texts = [drop_repeated_sentences(g.text) for g in generations]
+        return [Answer(q, t, says_abstain(t), [], [], {"generate": per}) for q, t in zip(questions, texts)]
 
 
 def _support_dict(s: SentenceSupport, sources: Sequence[Source]) -> dict[str, Any]:

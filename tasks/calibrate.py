@@ -202,11 +202,12 @@ def draft_labels(results: Sequence[QuestionResult], rules: ScoringRules = Scorin
     """(support, right) of every draft the validator judged: answered with a support score.
 
     Pass results of an answerer that withholds nothing on support (`min_support=0`), so every
-    draft the model wrote is here; abstentions of the model itself and of retrieval are left out.
+    draft the model wrote is here; abstentions of the model itself and of retrieval are left out, and
+    so are quotes (`retrieval.fallback`): a quoted source sentence is not a draft.
     """
     supports, right = [], []
     for r in results:
-        if r.abstained or r.support is None:
+        if r.abstained or r.support is None or r.quoted:
             continue
         supports.append(float(r.support))
         right.append(r.answerable and is_correct(r, rules))
@@ -315,7 +316,8 @@ def calibrate_grounding(
     if stored is not None:
         return stored
     drafted = first(rows, limit)
-    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0)  # withhold nothing: every draft is judged
+    # Withhold nothing and quote nothing: every draft is judged as written.
+    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0, quote=False)
     with progress_bar(f"{'calibration':>16}", len(drafted.rows), unit="q") as advance:
         run = run_arm(ArmSpec("calibration", "rag", True), drafted.rows, answerer, search_filters(settings),
                       settings.generator.batch_size, on_batch=advance)  # fmt: skip

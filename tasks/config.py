@@ -79,6 +79,17 @@ class RetrievalSettings(BaseModel):
     calibrated_support: bool = Field(
         True, description="Use the threshold the last evaluation calibrated for this generator instead of `min_support`, when there is one."
     )
+    # "quote" beat "abstain" on HaluEval QA dev (contains 0.12 -> 0.48, hallucination 0.025, abstention recall 0.87;
+    # floor 0.4 chosen on the other half of the questions: bench/results/fallback-latest.md), but on the demo, where
+    # the unanswerable questions are about the same company, it answered 17 of 18 of them (hallucination 0.01 -> 0.23):
+    # the floor does not transfer between corpora, so quoting stays opt-in until it is calibrated per corpus.
+    fallback: Literal["abstain", "quote"] = Field(
+        "abstain",
+        description='When the draft is withheld: "abstain", or "quote" the source sentence closest to the question '
+        "(verbatim, cited) when its cosine similarity reaches `quote_min_similarity`, else abstain.",
+    )
+    quote_min_similarity: float = Field(0.4, ge=-1, le=1, description="Quote only a sentence at least this similar to the question.")
+    quote_sources: int = Field(1, ge=1, le=20, description="Quoted sentences come from this many top sources.")
     # "trained" passed the adoption rule on SmolLM2's HaluEval drafts (AUROC 0.719 vs 0.579) but was fitted on
     # single-passage drafts without citations, not the answerer's: opt-in (bench/results/grounding-latest.md).
     grounding_scorer: str = Field(
@@ -219,11 +230,13 @@ class DatasetSettings(BaseModel):
 class SynthSettings(BaseModel):
     """Synthetic questions from the chunks alone (`ragtune synth`, `tasks/synth.py`)."""
 
-    strategies: list[Literal["rules", "generator", "unanswerable"]] = Field(
+    strategies: list[Literal["rules", "generator", "paraphrase", "unanswerable"]] = Field(
         default_factory=lambda: ["rules", "unanswerable"],
         description="rules: cloze sentence to question; generator: the configured LLM writes the question for a "
         "chosen answer span (off by default: the packaged 135M model wrote a usable question for 8 of 112 spans, "
-        "none survived the filters); unanswerable: a detail of a kept question changed to one no chunk holds.",
+        "none survived the filters); paraphrase: the generator rewords each rule question that passed the cheap checks "
+        "(same paraphrase group, same filters; off by default: on the demo's 40 chunks the packaged 135M model kept 3 of 65, "
+        "most replies repeated the question); unanswerable: a detail of a kept question changed to one no chunk holds.",
     )
     groups: list[str] = Field(
         default_factory=list, description="Access groups whose chunks questions may come from (default: public only)."

@@ -87,13 +87,15 @@ def make_answerer(
     retrieval: bool = True,
     adapter: Path | None = None,
     min_support: float | None = None,
+    quote: bool = True,
 ):
     """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter
     or fully fine-tuned model (`adapter`: a registered directory of either kind).
 
-    `min_support` overrides the grounding threshold (default: `support_threshold(settings)`).
+    `min_support` overrides the grounding threshold (default: `support_threshold(settings)`); `quote=False`
+    turns the quote fallback off (calibration judges the drafts themselves).
     """
-    from tasks.answer import Answerer
+    from tasks.answer import Answerer, QuoteRule
     from tasks.generate import Generator
     from tasks.ground_model import make_grounding_scorer
     from tasks.rerank import make_reranker
@@ -116,4 +118,5 @@ def make_answerer(
         min_dense=r.min_dense,
         min_support=support_threshold(settings, table) if min_support is None else min_support,
         rewrite_queries=r.rewrite_queries,
+        quote=QuoteRule(r.quote_min_similarity, r.quote_sources) if quote and r.fallback == "quote" else None,
     )

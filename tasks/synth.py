@@ -11,8 +11,8 @@ like a labelled set, and no evaluated question's document fed training.
 2. `draft_batch`: for each chunk, answer spans (money, percentages, numbers with their unit, dates,
    years, names, defined terms / acronyms), then questions for each span by rules (the sentence as
    a cloze, the span replaced by its wh-phrase: Lewis et al. 2019) and by the configured generator
-   (asked for a question whose answer is the span). Both questions of one span are paraphrases of
-   each other (one `paraphrase_group`). Then the **round trip** (Alberti et al. 2019): ragtune's own
+   (asked for a question whose answer is the span), and the generator rewords each rule question
+   (`paraphrase`). The questions of one span are paraphrases of each other (one `paraphrase_group`). Then the **round trip** (Alberti et al. 2019): ragtune's own
    retriever must return the source chunk in its top k for the question, and the generator, given
    that chunk, must answer with the span.
 3. `finish`: near-duplicate questions removed (embedding cosine), **unanswerable** questions made
@@ -21,8 +21,10 @@ like a labelled set, and no evaluated question's document fed training.
    then the document split and the saved set.
 
 Drafting is checkpointed per batch under `<home>/synth/.work/<key>/`, so a run stopped by its time
-budget (`synth.max_minutes`) or killed resumes where it stopped; the key covers the table version,
-the models and the settings, so a changed index or recipe starts afresh.
+budget (`synth.max_minutes`) or killed resumes where it stopped, also after a nightly ingest: the
+key covers the models, the recipe and the retrieval settings the round trip uses, not the table
+version; each batch records its chunks' text hashes, and a chunk that changed or left the sample is
+drafted again (its old questions dropped).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def round_robin(rows: Sequence[dict[str, Any]], limit: int, seed: int) -> list[d
 
 
 def sample_chunks(table: Any, filters: SearchFilters, limit: int, seed: int) -> list[dict[str, Any]]:
-    """Sampled chunks (id, doc, title, text) the caller in `filters.groups` may read."""
+    """Sampled chunks (id, doc, title, text, text hash) the caller in `filters.groups` may read."""
     ids = table.search().where(filters.where()).select(["chunk_id", "doc_id"]).limit(None).to_list()
     chosen = round_robin(ids, limit, seed)
     wanted = {r["chunk_id"] for r in chosen}
@@ -88,7 +90,7 @@ def sample_chunks(table: Any, filters: SearchFilters, limit: int, seed: int) -> 
     listed = sorted(wanted)
     for start in range(0, len(listed), 500):
         part = ", ".join("'" + c.replace("'", "''") + "'" for c in listed[start : start + 500])
-        for r in table.search().where(f"chunk_id IN ({part})").select(["chunk_id", "doc_id", "title", "text"]).limit(None).to_list():
+        for r in table.search().where(f"chunk_id IN ({part})").select(["chunk_id", "doc_id", "title", "text", "text_hash"]).limit(None).to_list():
             out[r["chunk_id"]] = r
     return [out[r["chunk_id"]] for r in chosen if r["chunk_id"] in out]
 
@@ -304,6 +306,19 @@ def question_prompt(context: str, answer: str) -> list[dict[str, str]]:
     ]
 
 
+PARAPHRASE_SYSTEM = (
+    "You reword a question. Keep its meaning and every name, number and date in it; use other words and another "
+    "word order. Reply with the reworded question only."
+)
+
+
+def paraphrase_prompt(question: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": PARAPHRASE_SYSTEM},
+        {"role": "user", "content": f"Question: {question}\nReworded question:"},
+    ]
+
+
 def parse_question(text: str) -> str | None:
     """The first question in a generation, or None when there is none."""
     text = re.sub(r"^\s*(?:question\s*:?\s*)", "", text.strip(), flags=re.IGNORECASE)
@@ -435,6 +450,22 @@ class Drafter:
         texts_by_chunk = {c["chunk_id"]: c["text"] for c in chunks}
         for c in out:
             cheap_checks(c, texts_by_chunk[c.chunk_id])
+        if "paraphrase" in self.strategies and self.generate is not None:
+            out += self.paraphrases([c for c in out if c.strategy == "rules" and passes_cheap(c, self.limits)], texts_by_chunk)
+        return out
+
+    def paraphrases(self, originals: Sequence[Candidate], texts_by_chunk: dict[str, str]) -> list[Candidate]:
+        """The generator's rewording of each question (same answer, same group); one that only repeats its
+        original (or is no question) is left empty, so the length filter counts it."""
+        assert self.generate is not None
+        out = []
+        for c, text in zip(originals, self.generate([paraphrase_prompt(c.question) for c in originals], 40) if originals else []):
+            q = parse_question(text) or ""
+            if " ".join(re.findall(r"\w+", q.lower())) == " ".join(re.findall(r"\w+", c.question.lower())):
+                q = ""
+            p = Candidate(q, c.answer, c.answer_kind, "paraphrase", c.chunk_id, c.doc_id, c.paraphrase_group)
+            cheap_checks(p, texts_by_chunk[c.chunk_id])
+            out.append(p)
         return out
 
     def round_trip(self, candidates: Sequence[Candidate]) -> None:
@@ -503,13 +534,18 @@ def passes_cheap(c: Candidate, limits: Limits) -> bool:
 
 
 class Checkpoint:
-    """Drafted batches of one run key, appended one JSON line per batch (a torn last line is redone)."""
+    """Drafted batches of one run key, appended one JSON line per batch (a torn last line is redone).
+
+    Each line holds the batch's chunk ids, their text hashes and the candidates drafted from them."""
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.path = directory / "drafts.jsonl"
 
-    def load(self) -> tuple[set[str], list[Candidate]]:
+    def current(self, chunks: Sequence[dict[str, Any]]) -> tuple[set[str], list[Candidate]]:
+        """The sampled chunks drafted with their present text, and those drafts' candidates: a chunk whose
+        text changed since (or that left the sample) counts as not drafted, and its old questions are dropped."""
+        now = {c["chunk_id"]: c.get("text_hash") for c in chunks}
         done: set[str] = set()
         found: list[Candidate] = []
         if not self.path.is_file():
@@ -518,16 +554,24 @@ class Checkpoint:
             try:
                 batch = json.loads(line)
             except json.JSONDecodeError:
-                continue  # torn by a kill mid-write: those chunks are drafted again
-            done.update(batch["chunks"])
-            found += [Candidate.from_row(r) for r in batch["candidates"]]
+                continue
+            fresh = {c for c, h in zip(batch["chunks"], batch.get("hashes") or []) if c in now and now[c] == h}
+            done |= fresh
+            found += [Candidate.from_row(r) for r in batch["candidates"] if r["chunk_id"] in fresh]
         return done, found
 
-    def append(self, chunk_ids: Sequence[str], candidates: Sequence[Candidate]) -> None:
+    def append(self, chunks: Sequence[dict[str, Any]], candidates: Sequence[Candidate]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"chunks": list(chunk_ids), "candidates": [c.row() for c in candidates]}, ensure_ascii=False)
+        line = json.dumps({"chunks": [c["chunk_id"] for c in chunks], "hashes": [c.get("text_hash") for c in chunks],
+                           "candidates": [c.row() for c in candidates]}, ensure_ascii=False)
+        # A kill mid-write leaves a line without its newline: end it, or this batch would be joined to it and lost.
+        torn = False
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(("\n" if torn else "") + line + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -545,6 +589,7 @@ def mark_near_duplicates(
         return
     vectors = np.asarray(embed([c.question for c in live]), dtype=np.float32)
     kept: list[int] = []
+    kept_vectors = np.empty_like(vectors)  # filled in order: no copy of the kept rows per question
     seen_text: dict[tuple[str, str], str] = {}
     for i, c in enumerate(live):
         norm = (c.paraphrase_group, " ".join(re.findall(r"\w+", c.question.lower())))
@@ -552,13 +597,14 @@ def mark_near_duplicates(
             c.derived["duplicate_of"] = seen_text[norm]
             continue
         if kept:
-            sims = vectors[kept] @ vectors[i]
+            sims = kept_vectors[: len(kept)] @ vectors[i]
             j = int(np.argmax(sims))
             other = live[kept[j]]
             if sims[j] >= cosine and other.paraphrase_group != c.paraphrase_group:
                 c.derived["duplicate_of"] = other.id
                 continue
         seen_text[norm] = c.id
+        kept_vectors[len(kept)] = vectors[i]
         kept.append(i)
 
 
@@ -724,10 +770,18 @@ def latest(synth_dir: Path) -> Path | None:
 # --- wiring: what the flow calls ---------------------------------------------------------------
 
 
-def run_key(settings: Any, table: str, version: int, models: Sequence[str]) -> str:
-    """Checkpoints are reused only for the same index version, models and recipe (not the time budget)."""
-    recipe = settings.synth.model_dump(exclude={"max_minutes", "batch_chunks"})
-    return _key(table, version, *models, json.dumps(recipe, sort_keys=True), settings.retrieval.model_dump_json())[:16]
+# The retrieval settings the round trip's search depends on (answer-time ones such as the fallback do not count).
+ROUND_TRIP_RETRIEVAL = ("k", "candidates", "fusion", "rrf_k", "dense_weight")
+
+
+def run_key(settings: Any, table: str, models: Sequence[str]) -> str:
+    """Checkpoints are reused for the same table name, models, recipe (not the time budget or sample size) and round-trip
+    retrieval; not tied to the table version, so a nightly ingest resumes (changed chunks are redrafted)."""
+    # Not the sample size either: `Checkpoint.current` keeps what the new sample shares with the old one.
+    recipe = settings.synth.model_dump(exclude={"max_minutes", "batch_chunks", "max_chunks"})
+    retrieval = settings.retrieval.model_dump(include=set(ROUND_TRIP_RETRIEVAL))
+    return _key(table, *models, json.dumps(recipe, sort_keys=True), json.dumps(retrieval, sort_keys=True))[:16]
+
 
 
 @dataclass
@@ -754,7 +808,7 @@ def open_session(settings: Any, table: str | None = None) -> Session:
     retriever = open_retriever(settings, table)
     name = table or settings.store.table
     generate: Callable[[list[list[dict[str, str]]], int], list[str]] | None = None
-    needs_generator = "generator" in s.strategies or s.reader_check
+    needs_generator = bool({"generator", "paraphrase"} & set(s.strategies)) or s.reader_check
     count_tokens: Callable[[str], int] = lambda text: len(text.split())  # noqa: E731 - replaced below when a generator loads
     if needs_generator:
         g = settings.generator
@@ -769,7 +823,7 @@ def open_session(settings: Any, table: str | None = None) -> Session:
         generate = run
 
     models = [retriever.embedder.fingerprint, generator_fingerprint(settings.generator.model, settings.models_dir) if needs_generator else "-"]
-    key = run_key(settings, name, int(retriever.table.version), models)
+    key = run_key(settings, name, models)
     drafter = Drafter(
         retriever, generate, count_tokens, search_filters(settings, s.groups), s.strategies, s.spans_per_chunk,
         s.round_trip_k or settings.retrieval.k, s.reader_check, settings.generator.context_tokens, Limits.of(s), s.seed,
@@ -778,6 +832,6 @@ def open_session(settings: Any, table: str | None = None) -> Session:
 
 
 def batches(chunks: Sequence[dict[str, Any]], done: set[str], size: int) -> list[list[dict[str, Any]]]:
-    """The chunks not yet drafted, in batches of `size`."""
+    """The chunks not yet drafted (`done`: see `current`), in batches of `size`."""
     todo = [c for c in chunks if c["chunk_id"] not in done]
     return [todo[i : i + size] for i in range(0, len(todo), size)]

@@ -74,6 +74,9 @@ def test_drafts_are_labelled_by_correctness_and_unanswerable_drafts_are_wrong():
         _result("The documents don't answer this.", None, abstained=True),  # the model abstained: not a draft
     ]
     assert draft_labels(results) == ([0.4, 0.8, 0.7], [True, False, False])
+    quoted = _result("Hotels are capped at 150 EUR per night. [1]", 1.0)
+    quoted.quoted = True  # a source sentence quoted for a withheld draft: not the generator's draft
+    assert draft_labels(results + [quoted]) == ([0.4, 0.8, 0.7], [True, False, False])
 
 
 def test_a_stored_calibration_is_reused_only_for_the_same_key(tmp_path):

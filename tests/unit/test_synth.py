@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tasks import synth
-from tasks.config import SynthSettings
+from tasks.config import Settings, SynthSettings
 from tasks.evalset import load_eval_set
 from tasks.retrieve import SearchFilters
 
@@ -131,6 +131,35 @@ def test_reader_round_trip_keeps_only_questions_the_generator_answers(retriever)
     assert other.derived["reader_ok"] is False
 
 
+def test_paraphrases_reword_rule_questions_within_their_group_and_face_the_same_filters(retriever):
+    t = next(c for c in _chunks(retriever) if c["doc_id"] == "support/sla.html")
+    asked = []
+
+    def generate(convs, n):
+        asked.extend(conv[-1]["content"] for conv in convs)
+        out = []
+        for conv in convs:
+            q = conv[-1]["content"].split("Question: ", 1)[1].split("\n", 1)[0]
+            if "how many minutes" in q:
+                out.append("How quickly, in minutes, do priority one tickets get an answer?")
+            elif "within 30 minutes" in q:
+                out.append(q)  # the model only repeats the question: not a paraphrase
+            else:
+                out.append("Which tickets get an answer within 30 minutes, priority one?")  # gives its answer away
+        return out
+
+    found = _drafter(retriever, generate=generate, strategies=("rules", "paraphrase")).questions([t])
+    rules = [c for c in found if c.strategy == "rules"]
+    para = [c for c in found if c.strategy == "paraphrase"]
+    assert rules and len(para) == len([c for c in rules if synth.passes_cheap(c, synth.Limits())]) == len(asked)
+    by_group = {c.paraphrase_group: c for c in rules}
+    for p in para:
+        assert p.answer == by_group[p.paraphrase_group].answer and p.chunk_id == t["chunk_id"]
+    good = next(p for p in para if p.question.startswith("How quickly"))
+    assert synth.passes_cheap(good, synth.Limits()) and good.answer == "30 minutes"
+    assert all(not synth.passes_cheap(p, synth.Limits()) for p in para if p is not good)  # a repeat, a give-away
+
+
 def test_unanswerable_questions_use_details_no_chunk_holds(retriever):
     t = next(c for c in _chunks(retriever) if c["doc_id"] == "policies/travel.md")
     kept = synth.Candidate("How much may a London hotel cost per night in 2025?", "185 pounds", "money", "rules", t["chunk_id"], t["doc_id"], "g1")
@@ -165,15 +194,51 @@ def test_split_is_by_document_and_the_set_passes_the_eval_contract(tmp_path, ret
     assert manifest["funnel"]["generated"]["rules"] == sum(c.strategy == "rules" for c in candidates)
 
 
-def test_a_torn_checkpoint_line_is_drafted_again(tmp_path):
+def _chunk(cid, text_hash="h1"):
+    return {"chunk_id": cid, "text_hash": text_hash}
+
+
+def test_a_torn_checkpoint_line_is_drafted_again_and_the_next_batch_is_kept(tmp_path):
     cp = synth.Checkpoint(tmp_path / "work")
     c = synth.Candidate("How long is it kept in days?", "30 days", "number", "rules", "c1", "d1", "g")
-    cp.append(["c1"], [c])
+    cp.append([_chunk("c1")], [c])
     with open(cp.path, "a") as f:
         f.write('{"chunks": ["c2"], "candid')  # killed mid-write
-    done, found = cp.load()
+    sample = [_chunk(i) for i in ("c1", "c2", "c3")]
+    done, found = cp.current(sample)
     assert done == {"c1"} and [x.id for x in found] == [c.id]
-    assert synth.batches([{"chunk_id": i} for i in ("c1", "c2", "c3")], done, 1) == [[{"chunk_id": "c2"}], [{"chunk_id": "c3"}]]
+    assert synth.batches(sample, done, 1) == [[_chunk("c2")], [_chunk("c3")]]
+    # The rerun's first batch lands after the torn fragment: it must be read back, not glued to it.
+    d = synth.Candidate("How long is the other kept in days?", "40 days", "number", "rules", "c2", "d1", "g2")
+    cp.append([_chunk("c2")], [d])
+    done, found = cp.current(sample)
+    assert done == {"c1", "c2"} and [x.id for x in found] == [c.id, d.id]
+
+
+def test_a_chunk_whose_text_changed_is_drafted_again_and_its_old_questions_dropped(tmp_path):
+    cp = synth.Checkpoint(tmp_path / "work")
+    old = synth.Candidate("How long is it kept in days?", "30 days", "number", "rules", "c1", "d1", "g")
+    kept = synth.Candidate("How long is the log kept in days?", "90 days", "number", "rules", "c2", "d2", "g2")
+    cp.append([_chunk("c1", "old"), _chunk("c2")], [old, kept])
+    sample = [_chunk("c1", "new"), _chunk("c2")]  # a nightly ingest changed c1; c3 left the index
+    done, found = cp.current(sample)
+    assert done == {"c2"} and [x.id for x in found] == [kept.id]
+    assert synth.batches(sample, done, 4) == [[_chunk("c1", "new")]]
+    assert cp.current([_chunk("c2", "changed")]) == (set(), [])
+
+
+def test_the_run_key_survives_a_reingest_and_answer_settings_but_not_the_recipe():
+    s = Settings()
+    key = synth.run_key(s, "chunks", ["embedder", "generator"])
+    answer_time = s.model_copy(update={"retrieval": s.retrieval.model_copy(update={"fallback": "quote", "min_support": 0.3})})
+    assert synth.run_key(answer_time, "chunks", ["embedder", "generator"]) == key
+    deeper = s.model_copy(update={"retrieval": s.retrieval.model_copy(update={"k": 9})})
+    recipe = s.model_copy(update={"synth": s.synth.model_copy(update={"spans_per_chunk": 5})})
+    budget = s.model_copy(update={"synth": s.synth.model_copy(update={"max_minutes": 5.0, "max_chunks": 4000})})
+    assert synth.run_key(deeper, "chunks", ["embedder", "generator"]) != key
+    assert synth.run_key(recipe, "chunks", ["embedder", "generator"]) != key
+    assert synth.run_key(budget, "chunks", ["embedder", "generator"]) == key
+    assert synth.run_key(s, "chunks", ["embedder", "other-generator"]) != key
 
 
 @pytest.mark.parametrize("question", ["Is 1,000 the limit?", "What is it?"])
