@@ -206,7 +206,10 @@ def evaluate(
     needs_index = any(s.retrieval for s in specs)
     chunks = open_retriever(settings, table).table if needs_index else None
     calibration = grounding_calibration(settings, ev, table, arena.table_version(chunks), limit) if needs_index else None
-    settings = settings.with_support_threshold(calibration.threshold if calibration else settings.retrieval.min_support)
+    settings = settings.with_support_threshold(
+        calibration.threshold if calibration else settings.retrieval.min_support,
+        calibration.quote.threshold if calibration and calibration.quote else None,
+    )
 
     runs = [answer_arm(spec, ev.rows, settings, table) for spec in specs]
     canary = {

@@ -58,6 +58,9 @@ class Answer:
     closest_sources: list[Citation] = field(default_factory=list)
     retrieved: list[str] = field(default_factory=list)  # doc ids of the ranked candidates (for retrieval metrics)
     quoted: bool = False  # the answer is a source sentence quoted verbatim (the draft was withheld)
+    # The sentence a quote would take and its similarity, {"text", "similarity"}: set on quoted answers and,
+    # with `QuoteRule.probe`, on every draft that could be withheld (calibration fits the floor on them).
+    quote: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +68,7 @@ class Answer:
             "answer": self.answer,
             "abstained": self.abstained,
             "quoted": self.quoted,
+            "quote": self.quote,
             "reason": self.reason,
             "support": self.support,
             "citations": [c.__dict__ for c in self.citations],
@@ -114,6 +118,9 @@ class QuoteRule:
     min_similarity: float = 0.4  # the `retrieval.quote_min_similarity` default (bench/fallback.py)
     sources: int = 1
     min_words: int = 4
+    # Calibration (`tasks.calibrate`): find the quote of every judged draft and of the model's own abstentions,
+    # record it on the answer (`Answer.quote`) and replace nothing, so the floor can be fitted on them.
+    probe: bool = False
 
 
 def restates(question: str, sentence: str) -> bool:
@@ -279,7 +286,7 @@ class Answerer:
         """Withheld drafts replaced by a quote where one is similar enough: one embedding call for the batch."""
         assert self.retriever is not None
         todo = [(i, quote_candidates(p.question, p.sources, rule)) for i, (p, a) in enumerate(zip(pending, answers))
-                if a.abstained and a.reason in QUOTABLE]
+                if (a.abstained and a.reason in QUOTABLE) or (rule.probe and not a.abstained and a.support is not None)]
         todo = [(i, c) for i, c in todo if c]
         if not todo:
             return answers
@@ -300,12 +307,16 @@ class Answerer:
             similarity = float(max(plain[best] @ q, sectioned[best] @ q))
             p, withheld = pending[i], answers[i]
             p.timings["quote"] = each
+            source, sentence = p.sources[cands[best][0]], cands[best][1]
+            quote = {"text": f"{sentence} [{source.n}]", "similarity": round(similarity, 4)}
+            if rule.probe:
+                withheld.quote = quote
+                continue
             if similarity < rule.min_similarity:
                 continue
-            source, sentence = p.sources[cands[best][0]], cands[best][1]
             grounding = [{"sentence": sentence, "score": 1.0, "supported": True, "source": source.n, "similarity": round(similarity, 4)}]
-            out[i] = Answer(p.question, f"{sentence} [{source.n}]", False, [Citation.of(source)], grounding, p.timings,
-                            support=1.0, draft=withheld.draft, quoted=True)
+            out[i] = Answer(p.question, quote["text"], False, [Citation.of(source)], grounding, p.timings,
+                            support=1.0, draft=withheld.draft, quoted=True, quote=quote)
         return out
 
     def _abstain(self, p: _Pending, reason: str, draft: str | None = None) -> Answer:

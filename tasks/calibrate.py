@@ -18,6 +18,13 @@ the default kept 12 / 7. So the fitted threshold is adopted only when it general
 drafts themselves: over random halvings, the threshold chosen on one half must beat the default on
 the other half in at least `adopt_share` of the splits. Otherwise, with too few drafts, or with
 drafts of one kind only, the default stays and the calibration says why.
+
+The quote fallback's floor (`retrieval.fallback = "quote"`) is fitted the same way on the same drafts:
+each draft that the chosen threshold withholds (and each the model withheld itself) is paired with
+the source sentence a quote would take and its similarity to the question; a quote is right when it
+contains the gold answer, and any quote for an unanswerable question is wrong. A floor that does not
+transfer between corpora (0.4 answered 17 of the demo's 18 unanswerable questions) is thus chosen
+on the corpus it serves, or the default stays with the reason.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -40,6 +47,9 @@ if TYPE_CHECKING:
 # Just above the highest support seen: withhold every judged draft. Only offered while that stays
 # <= 1.0, the largest threshold the answerer takes (drafts with nothing checkable score 1.0 and pass any).
 ABOVE = 1e-9
+# Fewer withheld drafts than grounding drafts exist, so the quote floor is fitted on fewer (the held-out
+# halvings still decide whether it is adopted).
+QUOTE_MIN_DRAFTS = 12
 
 
 @dataclass
@@ -65,6 +75,14 @@ class Calibration:
     created_at: str = ""
     rows: int = 0  # calibration rows drafted for it (0: nothing drafted)
     limited: bool = False  # drafted on the first rows only (a limited run): used by that run, never saved
+    what: str = "grounding threshold"
+    quote: "Calibration | None" = None  # the quote fallback's floor, fitted on the withheld drafts' quotes
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
+        """From its JSON record (`asdict`), the quote floor's nested one included."""
+        quote = data.get("quote")
+        return cls(**{**data, "quote": cls(**quote) if isinstance(quote, dict) else None})
 
     @classmethod
     def default_kept(cls, default: float, wrong_cost: float, reason: str, **measured: Any) -> "Calibration":
@@ -75,6 +93,8 @@ class Calibration:
 
     def summary(self) -> str:
         text = self._summary()
+        if self.quote is not None:
+            text += f"; {self.quote._summary()}"
         if self.limited:
             text += f" (limited run: drafted only the first {self.rows} calibration rows; not saved for other runs)"
         return text
@@ -94,10 +114,10 @@ class Calibration:
             if self.drafts:
                 auroc = f", AUROC {self.auroc:.2f}" if self.auroc is not None else ""
                 seen = f" on {self.drafts} drafts ({self.right} right, {self.wrong} wrong{auroc})"
-            return f"grounding threshold {self.threshold:.3f}: default kept{seen}: {self.reason}"
+            return f"{self.what} {self.threshold:.3f}: default kept{seen}: {self.reason}"
         d, t = self.at_default, self.at_threshold
         return (
-            f"grounding threshold {self.threshold:.3f} (default {self.default:.3f}), chosen on {self.drafts} drafts "
+            f"{self.what} {self.threshold:.3f} (default {self.default:.3f}), chosen on {self.drafts} drafts "
             f"({self.right} right, {self.wrong} wrong, AUROC {self.auroc:.2f}): keeps {t['right_kept']} right / "
             f"{t['wrong_kept']} wrong, where the default kept {d['right_kept']} / {d['wrong_kept']}"
         )
@@ -171,6 +191,7 @@ def choose_threshold(
     default: float,
     min_drafts: int = 20,
     adopt_share: float = 0.8,
+    what: str = "grounding threshold",
 ) -> Calibration:
     """The utility-maximising threshold when it generalises, else the default (see the module docstring)."""
     n_right = sum(right)
@@ -179,10 +200,10 @@ def choose_threshold(
                                     at_default=kept(supports, right, default))
     if len(supports) < min_drafts:
         reason = f"only {len(supports)} drafts to calibrate on (at least {min_drafts} needed)"
-        return Calibration.default_kept(default, wrong_cost, reason, **measured)
+        return Calibration.default_kept(default, wrong_cost, reason, what=what, **measured)
     if n_right == 0 or n_wrong == 0:
         reason = f"all {len(supports)} drafts were {'right' if n_wrong == 0 else 'wrong'}: nothing to separate"
-        return Calibration.default_kept(default, wrong_cost, reason, **measured)
+        return Calibration.default_kept(default, wrong_cost, reason, what=what, **measured)
     fitted = best_threshold(supports, right, wrong_cost)
     wins = held_out_wins(supports, right, wrong_cost, default)
     gain = f"right - {wrong_cost:g} x wrong kept: {utility(supports, right, fitted, wrong_cost):+g} at {fitted:.3f}, " \
@@ -190,12 +211,28 @@ def choose_threshold(
     if wins < adopt_share:
         reason = (f"the fitted threshold {fitted:.3f} does not generalise: fitted on half the drafts it beat the default "
                   f"on the other half in {wins:.0%} of splits (needs {adopt_share:.0%}); {gain}")
-        return Calibration.default_kept(default, wrong_cost, reason, fitted=fitted, held_out_wins=wins, **measured)
+        return Calibration.default_kept(default, wrong_cost, reason, fitted=fitted, held_out_wins=wins, what=what, **measured)
     return Calibration(
-        threshold=float(fitted), default=default, calibrated=True, wrong_cost=wrong_cost,
+        threshold=float(fitted), default=default, calibrated=True, wrong_cost=wrong_cost, what=what,
         reason=f"{gain}; beat the default on held-out halves in {wins:.0%} of splits",
         at_threshold=kept(supports, right, fitted), fitted=fitted, held_out_wins=wins, **measured,
     )
+
+
+def choose_quote_floor(similarities: Sequence[float], right: Sequence[bool], wrong_cost: float, default: float) -> Calibration:
+    """The quote floor, chosen like the grounding threshold (`choose_threshold`); and when no fitted floor
+    generalises but quoting at the default pays nothing or less on these drafts (as many wrong quotes as
+    right ones, or more), a floor above every quote seen: on this corpus, quoting does not pay."""
+    c = choose_threshold(similarities, right, wrong_cost, default, min_drafts=QUOTE_MIN_DRAFTS, what="quote floor")
+    if c.calibrated or len(similarities) < QUOTE_MIN_DRAFTS:
+        return c
+    at_default = utility(similarities, right, default, wrong_cost)
+    if at_default > 0:
+        return c
+    never = max(similarities) + ABOVE
+    return replace(c, threshold=never, calibrated=True, at_threshold=kept(similarities, right, never),
+                   reason=f"quoting at the default {default:g} pays {at_default:+g} (right - {wrong_cost:g} x wrong quotes) "
+                   f"and no fitted floor generalised ({c.reason}): quote nothing")  # fmt: skip
 
 
 def draft_labels(results: Sequence[QuestionResult], rules: ScoringRules = ScoringRules()) -> tuple[list[float], list[bool]]:
@@ -214,6 +251,27 @@ def draft_labels(results: Sequence[QuestionResult], rules: ScoringRules = Scorin
     return supports, right
 
 
+def quote_labels(
+    results: Sequence[QuestionResult], threshold: float, rules: ScoringRules = ScoringRules()
+) -> tuple[list[float], list[bool]]:
+    """(similarity, right) of the quote each draft withheld at `threshold` would get instead.
+
+    Pass results of an answerer that withholds nothing on support and probes quotes (`QuoteRule.probe`):
+    a draft is withheld when its support is below `threshold` or the model abstained itself; its quote
+    (`QuestionResult.quote`) is right when it would count as correct, and wrong for an unanswerable question.
+    """
+    similarities, right = [], []
+    for r in results:
+        if r.quote is None or r.quoted:
+            continue
+        if not (r.abstained or (r.support is not None and r.support < threshold)):
+            continue  # kept as written: no quote would be given
+        as_answer = replace(r, answer=str(r.quote["text"]), abstained=False)
+        similarities.append(float(r.quote["similarity"]))
+        right.append(r.answerable and is_correct(as_answer, rules))
+    return similarities, right
+
+
 def calibration_key(parts: dict[str, Any]) -> str:
     """What a calibration depends on (generator, adapter, retrieval and grounding settings, the rows)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -224,8 +282,8 @@ def read_calibration(path: Path) -> Calibration | None:
     if not path.is_file():
         return None
     try:
-        return Calibration(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
+        return Calibration.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, AttributeError):
         return None
 
 
@@ -242,12 +300,13 @@ def answer_scope(settings: "Settings", table: str | None = None) -> dict[str, An
             "default": settings.retrieval.min_support, "generation": settings.generator.model_dump(mode="json")}
 
 
-def calibrated_threshold(path: Path, generator: str, scope: dict[str, Any]) -> float | None:
-    """The threshold the last evaluation chose for this generator and scope, for answering outside evaluations."""
+def stored_calibration(path: Path, generator: str, scope: dict[str, Any]) -> Calibration | None:
+    """The last evaluation's calibration when it was made for this generator and scope (for answering outside evaluations)."""
     found = read_calibration(path)
-    if found is None or not found.calibrated or found.generator != generator or found.scope != scope:
+    if found is None or found.generator != generator or found.scope != scope:
         return None
-    return found.threshold
+    return found
+
 
 
 def save_calibration(
@@ -280,7 +339,7 @@ def calibrate_grounding(
     and `ask` never pick up a threshold fitted on a few rows.
     """
     from tasks.arena import ArmSpec, run_arm
-    from tasks.evalset import EvalSetError, first, load_eval_set
+    from tasks.evalset import EvalSetError, first, load_eval_set, spread
     from tasks.ground import DEFAULT_WEIGHTS
     from tasks.ground_model import grounding_scorer_identity
     from tasks.models import generator_fingerprint
@@ -294,7 +353,7 @@ def calibrate_grounding(
         reason = f"calibration split {e.calibration_split!r} is the evaluated split: name a held-out split"
         return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
     try:
-        rows = load_eval_set(evaluated.path, e.calibration_split, e.calibration_limit, strict=True)
+        rows = spread(load_eval_set(evaluated.path, e.calibration_split, strict=True), e.calibration_limit)
     except EvalSetError:
         reason = f"no rows with split {e.calibration_split!r} in {evaluated.path}"
         return Calibration.default_kept(default, e.calibration_wrong_cost, reason)
@@ -305,7 +364,9 @@ def calibrate_grounding(
     generator = generator_fingerprint(settings.generator.model, settings.models_dir)
     parts = {
         "generator": generator, "generation": settings.generator.model_dump(mode="json"),
-        "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support"}),
+        # The fallback is left out: the quotes are probed whichever is configured (`QuoteRule.probe`).
+        "retrieval": settings.retrieval.model_dump(mode="json", exclude={"min_support", "calibrated_support", "fallback"}),
+        "quotes": "probed",
         "embedder": settings.embedder.model, "weights": DEFAULT_WEIGHTS, "rows": rows.hash,
         "scorer": grounding_scorer_identity(settings.retrieval.grounding_scorer),
         "table": table or settings.store.table, "table_version": table_version,
@@ -316,13 +377,17 @@ def calibrate_grounding(
     if stored is not None:
         return stored
     drafted = first(rows, limit)
-    # Withhold nothing and quote nothing: every draft is judged as written.
-    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0, quote=False)
+    # Withhold nothing and quote nothing: every draft is judged as written, and the quote it would get is recorded.
+    r = settings.retrieval
+    answerer = make_answerer(settings, table, retrieval=True, min_support=0.0, quote="probe")
     with progress_bar(f"{'calibration':>16}", len(drafted.rows), unit="q") as advance:
         run = run_arm(ArmSpec("calibration", "rag", True), drafted.rows, answerer, search_filters(settings),
                       settings.generator.batch_size, on_batch=advance)  # fmt: skip
-    supports, right = draft_labels(run.results, ScoringRules(k=settings.retrieval.k))
+    rules = ScoringRules(k=r.k)
+    supports, right = draft_labels(run.results, rules)
     calibration = choose_threshold(supports, right, e.calibration_wrong_cost, default)
+    similarities, quoted_right = quote_labels(run.results, calibration.threshold, rules)
+    calibration.quote = choose_quote_floor(similarities, quoted_right, e.calibration_wrong_cost, r.quote_min_similarity)
     calibration.rows = len(drafted.rows)
     if len(drafted.rows) < len(rows.rows):
         calibration.limited = True

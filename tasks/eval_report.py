@@ -708,7 +708,7 @@ def _calibration_blocks(run: EvalRun) -> list[_Block]:
         return []
     from tasks.calibrate import Calibration
 
-    c = Calibration(**run.calibration)
+    c = Calibration.from_dict(run.calibration)
     text = c.summary()
     return [_Para([text[0].upper() + text[1:], ". How it is chosen: ", ("code", "tasks/calibrate.py"), "."])]
 

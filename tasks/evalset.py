@@ -70,6 +70,24 @@ def first(evalset: EvalSet, limit: int | None) -> EvalSet:
     return EvalSet(evalset.path, evalset.split, evalset.rows[:limit]) if limit else evalset
 
 
+def spread(evalset: EvalSet, limit: int | None) -> EvalSet:
+    """`limit` rows spread evenly over `evalset`, answerable and unanswerable ones in the set's proportions
+    (each kind that is present keeps at least one row), in file order; all of them without a limit.
+
+    For samples that must look like the whole set: a file's first rows are often of one kind (the demo's
+    first 24 training rows hold none of its 13 unanswerable ones).
+    """
+    rows = evalset.rows
+    if not limit or limit >= len(rows):
+        return evalset
+    kinds = [[i for i, r in enumerate(rows) if r["answerable"]], [i for i, r in enumerate(rows) if not r["answerable"]]]
+    few = min(kinds, key=len)
+    take_few = min(len(few), max(1 if few and limit > 1 else 0, round(limit * len(few) / len(rows))))
+    counts = [take_few if kind is few else limit - take_few for kind in kinds]
+    chosen = sorted(i for kind, n in zip(kinds, counts) for i in (kind[int(j * len(kind) / n)] for j in range(n)))
+    return EvalSet(evalset.path, evalset.split, [rows[i] for i in chosen])
+
+
 def load_canary(path: Path | None = None, limit: int | None = None) -> EvalSet:
     """The general-ability canary questions (the shipped set unless configured), first `limit`."""
     return load_eval_set(path or CANARY, limit=limit)

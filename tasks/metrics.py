@@ -146,6 +146,7 @@ class QuestionResult:
     withheld_supported: int = 0
     withheld_sentences: int = 0
     quoted: bool = False  # a source sentence quoted for a withheld draft (`retrieval.fallback = "quote"`)
+    quote: dict[str, Any] | None = None  # the quote taken or, in calibration, the one that would be ({"text", "similarity"})
     retrieved_docs: list[str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     cpu_seconds: float | None = None
@@ -181,6 +182,7 @@ class QuestionResult:
             withheld_supported=sum(1 for g in withheld if g.get("supported")),
             withheld_sentences=len(withheld),
             quoted=bool(getattr(answer, "quoted", False)),
+            quote=getattr(answer, "quote", None),
             retrieved_docs=None if retrieved_docs is None else list(retrieved_docs),
             timings=dict(answer.timings),
             cpu_seconds=cpu_seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from tasks.config import Settings
 from tasks.models import load_embedder_for, load_generator
@@ -65,20 +65,34 @@ def support_threshold(settings: Settings, table: str | None = None) -> float:
     probabilities, not lexical-semantic support: it uses its model's own threshold unless `min_support`
     is set explicitly, and never a stored calibration (those do not record which scorer they were made with).
     """
-    from tasks.calibrate import answer_scope, calibrated_threshold
     from tasks.ground_model import grounding_model_path, read_model
-    from tasks.models import generator_fingerprint
 
     r = settings.retrieval
     model_path = grounding_model_path(r.grounding_scorer)
     if model_path is not None:
         return r.min_support if "min_support" in r.model_fields_set else read_model(model_path).threshold
-    if r.calibrated_support:
-        generator = generator_fingerprint(settings.generator.model, settings.models_dir)
-        found = calibrated_threshold(settings.calibration_file, generator, answer_scope(settings, table))
-        if found is not None:
-            return found
-    return r.min_support
+    found = _last_calibration(settings, table)
+    return found.threshold if found is not None and found.calibrated else r.min_support
+
+
+def quote_floor(settings: Settings, table: str | None = None) -> float:
+    """The similarity a quote must reach (`retrieval.fallback = "quote"`): the floor the last evaluation
+    calibrated for this generator, index and settings when enabled and present, else `retrieval.quote_min_similarity`."""
+    found = _last_calibration(settings, table)
+    quote = found.quote if found is not None else None
+    return quote.threshold if quote is not None and quote.calibrated else settings.retrieval.quote_min_similarity
+
+
+def _last_calibration(settings: Settings, table: str | None):
+    """The last evaluation's calibration when `retrieval.calibrated_support` is on and it was made for this
+    generator and scope (`tasks.calibrate.answer_scope`), else None."""
+    from tasks.calibrate import answer_scope, stored_calibration
+    from tasks.models import generator_fingerprint
+
+    if not settings.retrieval.calibrated_support:
+        return None
+    generator = generator_fingerprint(settings.generator.model, settings.models_dir)
+    return stored_calibration(settings.calibration_file, generator, answer_scope(settings, table))
 
 
 def make_answerer(
@@ -87,13 +101,14 @@ def make_answerer(
     retrieval: bool = True,
     adapter: Path | None = None,
     min_support: float | None = None,
-    quote: bool = True,
+    quote: bool | Literal["probe"] = True,
 ):
     """The grounded answerer (or a closed-book one with `retrieval=False`) with an optional LoRA adapter
     or fully fine-tuned model (`adapter`: a registered directory of either kind).
 
     `min_support` overrides the grounding threshold (default: `support_threshold(settings)`); `quote=False`
-    turns the quote fallback off (calibration judges the drafts themselves).
+    turns the quote fallback off; `quote="probe"` records each draft's quote and replaces nothing, whatever the
+    fallback (calibration judges the drafts themselves and fits the quote floor on those quotes).
     """
     from tasks.answer import Answerer, QuoteRule
     from tasks.generate import Generator
@@ -118,5 +133,6 @@ def make_answerer(
         min_dense=r.min_dense,
         min_support=support_threshold(settings, table) if min_support is None else min_support,
         rewrite_queries=r.rewrite_queries,
-        quote=QuoteRule(r.quote_min_similarity, r.quote_sources) if quote and r.fallback == "quote" else None,
+        quote=(QuoteRule(r.quote_min_similarity, r.quote_sources, probe=True) if quote == "probe"
+               else QuoteRule(quote_floor(settings, table), r.quote_sources) if quote and r.fallback == "quote" else None),
     )

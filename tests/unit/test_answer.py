@@ -119,6 +119,22 @@ def test_a_supported_draft_is_not_replaced_by_a_quote(retriever):
     assert not result.quoted and result.answer == "London hotels are capped at 185 pounds per night [1]."
 
 
+def test_a_probe_records_each_drafts_quote_and_replaces_nothing(retriever):
+    # Calibration: answers stay as the validator decided; each judged draft (kept or withheld) carries its quote.
+    for reply, withheld in [("London hotels are capped at 185 pounds per night [1].", False),
+                            ("The Zurich office has 412 parking spaces and a rooftop heliport.", True)]:
+        answerer, _ = _answerer(retriever, reply)
+        answerer.quote = QuoteRule(min_similarity=-1.0, probe=True)
+        answerer.min_support = 0.61
+        result = answerer.ask("What is the hotel cap per night in London?")
+        assert not result.quoted and result.abstained == withheld
+        assert result.quote["text"] == "London hotels are capped at 185 pounds per night. [1]"
+        assert -1.0 <= result.quote["similarity"] <= 1.0 and result.as_dict()["quote"] == result.quote
+    quoted = _quoting(retriever, "The Zurich office has 412 parking spaces and a rooftop heliport.", floor=0.1)
+    answer = quoted.ask("What is the hotel cap per night in London?")
+    assert answer.quoted and answer.quote["text"] == answer.answer  # a quote taken says how similar it was
+
+
 def test_no_quote_without_a_draft_to_replace(retriever):
     answerer, generator = _answerer(retriever, "anything", min_dense=0.99)
     answerer.quote = QuoteRule(min_similarity=-1.0)

@@ -79,6 +79,74 @@ def test_drafts_are_labelled_by_correctness_and_unanswerable_drafts_are_wrong():
     assert draft_labels(results + [quoted]) == ([0.4, 0.8, 0.7], [True, False, False])
 
 
+def _probed(answer: str, support: float | None, quote: str, similarity: float, answerable: bool = True) -> QuestionResult:
+    r = _result(answer, support, answerable=answerable, abstained=support is None)
+    r.quote = {"text": quote, "similarity": similarity}
+    return r
+
+
+def test_quotes_are_labelled_only_for_drafts_the_threshold_withholds():
+    from tasks.calibrate import quote_labels
+
+    results = [
+        _probed("It is 90 EUR.", 0.3, "Hotels are capped at 150 EUR per night. [1]", 0.7),  # withheld, right quote
+        _probed("It is 150 EUR.", 0.9, "Hotels are capped at 150 EUR. [1]", 0.8),  # kept as written: no quote
+        _probed("The documents don't answer this.", None, "Taxis are refunded. [1]", 0.5),  # the model abstained
+        _probed("It is 90 EUR.", 0.2, "Hotels are capped at 150 EUR. [1]", 0.6, answerable=False),  # unanswerable
+        _result("It is 90 EUR.", 0.1),  # no quote probed (no sentence to quote)
+    ]
+    assert quote_labels(results, threshold=0.61) == ([0.7, 0.5, 0.6], [True, False, False])
+    assert quote_labels(results, threshold=0.95) == ([0.7, 0.8, 0.5, 0.6], [True, True, False, False])
+
+
+def test_the_quote_floor_is_fitted_saved_and_read_back_beside_the_threshold(tmp_path):
+    # Right quotes at similarity 0.7, wrong ones (e.g. unanswerable questions) at 0.5: the 0.4 default
+    # quotes both, a floor at 0.7 keeps only the right ones.
+    c = choose_threshold([0.1, 0.9] * 15, [False, True] * 15, wrong_cost=1.0, default=0.61)
+    c.quote = choose_threshold([0.5, 0.7] * 8, [False, True] * 8, wrong_cost=1.0, default=0.4, min_drafts=12, what="quote floor")
+    assert c.quote.calibrated and c.quote.threshold == 0.7
+    assert c.quote.at_threshold["wrong_kept"] == 0 and c.quote.at_default["wrong_kept"] == 8
+    path = tmp_path / "grounding.json"
+    save_calibration(c, path, "k")
+    again = load_calibration(path, "k")
+    assert isinstance(again.quote, Calibration) and again.quote.threshold == 0.7
+    assert "quote floor 0.700 (default 0.400)" in again.summary()
+    assert Calibration.from_dict({**again.__dict__, "quote": None}).quote is None
+
+
+def test_quoting_is_turned_off_where_it_does_not_pay_and_no_floor_generalises():
+    from tasks.calibrate import choose_quote_floor
+
+    # Right and wrong quotes equally similar (the demo: its unanswerable questions are about the same company),
+    # 9 right and 10 wrong: no floor separates them and quoting at the default loses one.
+    same = choose_quote_floor([0.6] * 19, [True] * 9 + [False] * 10, wrong_cost=1.0, default=0.4)
+    assert same.calibrated and same.threshold > 0.6 and same.at_threshold["kept"] == 0 and "quote nothing" in same.reason
+    assert same.held_out_wins is not None and same.held_out_wins < 0.8
+    # Mostly wrong quotes at every similarity: keeping none generalises on its own.
+    worse = choose_quote_floor([0.5, 0.6, 0.7] * 6, [True, False, False] * 6, wrong_cost=1.0, default=0.4)
+    assert worse.calibrated and worse.at_threshold["kept"] == 0
+    # Quotes that pay at the default keep it; too few drafts decide nothing.
+    pays = choose_quote_floor([0.5, 0.6, 0.7] * 6, [True, True, False] * 6, wrong_cost=1.0, default=0.4)
+    assert pays.threshold == 0.4 or (pays.calibrated and pays.threshold <= 0.7)
+    assert pays.at_threshold["right_kept"] > pays.at_threshold["wrong_kept"]
+    few = choose_quote_floor([0.5, 0.6], [False, False], wrong_cost=1.0, default=0.4)
+    assert not few.calibrated and few.threshold == 0.4
+
+
+def test_a_calibration_sample_keeps_both_kinds_of_question_in_proportion(tmp_path):
+    from tasks.evalset import EvalSet, spread
+
+    # The demo's training split: 33 answerable rows first, then 13 unanswerable ones.
+    rows = [{"id": f"a{i}", "answerable": True} for i in range(33)] + [{"id": f"u{i}", "answerable": False} for i in range(13)]
+    sample = spread(EvalSet(tmp_path, "train", rows), 24).rows
+    assert len(sample) == 24 and len({r["id"] for r in sample}) == 24
+    assert sum(not r["answerable"] for r in sample) == 7  # 24 x 13/46
+    assert [r["id"] for r in sample] == [r["id"] for r in rows if r in sample]  # file order
+    assert spread(EvalSet(tmp_path, "train", rows), None).rows == rows
+    assert spread(EvalSet(tmp_path, "train", rows), 100).rows == rows
+    assert sum(not r["answerable"] for r in spread(EvalSet(tmp_path, "train", rows), 2).rows) == 1
+
+
 def test_a_stored_calibration_is_reused_only_for_the_same_key(tmp_path):
     path = tmp_path / "calibration" / "grounding.json"
     c = choose_threshold([0.1, 0.9] * 15, [False, True] * 15, wrong_cost=1.0, default=0.61)
@@ -137,6 +205,29 @@ def test_answers_use_the_stored_threshold_of_the_same_generator_only(home):
     save_calibration(c, settings.calibration_file, "k", generator="another generator", scope=answer_scope(settings))
     assert support_threshold(settings) == settings.retrieval.min_support
     assert settings.with_support_threshold(0.4).retrieval.min_support == 0.4
+    assert settings.with_support_threshold(0.4, quote_floor=0.55).retrieval.quote_min_similarity == 0.55
+
+
+def test_answers_quote_at_the_stored_floor_of_the_same_generator_and_index_only(home):
+    from tasks.calibrate import answer_scope
+    from tasks.config import load_settings
+    from tasks.models import generator_fingerprint
+    from tasks.resources import quote_floor
+
+    settings = load_settings()
+    default = settings.retrieval.quote_min_similarity
+    assert quote_floor(settings) == default  # nothing calibrated yet
+    c = choose_threshold([0.2, 0.9] * 2, [False, True] * 2, wrong_cost=1.0, default=0.61)  # too few: default kept
+    c.quote = choose_threshold([0.5, 0.7] * 8, [False, True] * 8, wrong_cost=1.0, default=default, min_drafts=12)
+    me = generator_fingerprint(settings.generator.model, settings.models_dir)
+    save_calibration(c, settings.calibration_file, "k", generator=me, scope=answer_scope(settings))
+    assert quote_floor(settings) == 0.7  # adopted even where the grounding threshold was not
+    assert quote_floor(settings, table="other") == default
+    off = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"calibrated_support": False})})
+    assert quote_floor(off) == default
+    c.quote = choose_threshold([0.5, 0.7], [False, True], wrong_cost=1.0, default=default, min_drafts=12)
+    save_calibration(c, settings.calibration_file, "k", generator=me, scope=answer_scope(settings))
+    assert quote_floor(settings) == default  # a floor that was not calibrated is not used
 
 
 def test_the_sweep_finds_the_same_threshold_as_trying_every_candidate():
