@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -12,6 +13,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "bench" / "data"
 RESULTS = REPO / "bench" / "results"
+
+
+def add_answer_args(p: argparse.ArgumentParser) -> None:
+    """The answering settings and seed every quality benchmark takes (the demo's values by default)."""
+    p.add_argument("--k", type=int, default=4, help="retrieval.k")
+    p.add_argument("--context-tokens", type=int, default=600, help="generator.context_tokens")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="generator.max_new_tokens")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: other work shares the cores)")
+    p.add_argument("--seed", type=int, default=13)
 
 
 def bench_home(home: Path, threads: int | str = 2) -> Path:

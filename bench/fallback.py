@@ -10,7 +10,8 @@ no similarity floor, so each withheld draft carries the quote it would get and t
 similarity; the policies are then scored on the same answers:
 
 - `abstain`: every withheld draft abstains (today's default);
-- `quote@t`: a withheld draft is replaced by its quote when the similarity is >= t.
+- `quote@t`: a withheld draft is replaced by its quote when the similarity is >= t;
+- `calibrated@t`: the floor ragtune's own calibration fits on the tuning half (`choose_quote_floor`).
 
 The questions are split in two halves (alternating): t is chosen on the first (the largest contains-gold with a
 hallucination rate <= 0.10), and both policies are reported on the second with paired differences.
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import bench_home, seed_models, write_config, write_results  # noqa: E402
+from bench.common import add_answer_args, bench_home, seed_models, write_config, write_results  # noqa: E402
 from bench.quality import _d, _e, split_rows, write_corpus, write_eval_file  # noqa: E402
 
 SHOWN = ("contains", "f1", "hallucination_rate", "abstention_recall", "abstention_rate")
@@ -72,6 +73,23 @@ def choose_floor(rows: Sequence[dict[str, Any]], answers: Sequence[Any]) -> tupl
     return best, curve
 
 
+def product_floor(rows: Sequence[dict[str, Any]], answers: Sequence[Any], settings: Any) -> Any:
+    """The floor ragtune's own calibration would choose from these answers (`choose_quote_floor`, the
+    product's utility and adoption rule, not this benchmark's hallucination cap)."""
+    from tasks.calibrate import choose_quote_floor
+    from tasks.metrics import QuestionResult, is_correct
+
+    similarities, right = [], []
+    for r, a in zip(rows, answers):
+        if a.quoted:
+            similarities.append(float(a.grounding[0]["similarity"]))
+            right.append(bool(r["answerable"]) and is_correct(QuestionResult.of(r, "quote", a)))
+    from tasks.config import RetrievalSettings
+
+    default = RetrievalSettings().quote_min_similarity  # this run's own floor is -1: every withheld draft quoted
+    return choose_quote_floor(similarities, right, settings.evaluation.calibration_wrong_cost, default)
+
+
 def _mean(values: Sequence[float | None]) -> float:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else float("nan")
@@ -82,11 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--eval-questions", type=int, default=160, help="questions (both halves, incl. the unanswerable ones)")
     p.add_argument("--corpus-rows", type=int, default=800)
     p.add_argument("--holdout-share", type=float, default=0.2)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--context-tokens", type=int, default=600)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=13)
+    add_answer_args(p)
     p.add_argument("--root", default="/tmp/ragtune-bench-fallback")
     a = p.parse_args(argv)
 
@@ -127,8 +141,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     tune_rows, tune_answers, report_rows, report_answers = rows[0::2], answers[0::2], rows[1::2], answers[1::2]
     half = len(tune_rows)
     floor, curve = choose_floor(tune_rows, tune_answers)
+    fitted = product_floor(tune_rows, tune_answers, settings)
     base = scores(report_rows, policy(report_answers, None), "abstain")
     chosen = scores(report_rows, policy(report_answers, floor), f"quote@{floor}") if floor is not None else base
+    product = scores(report_rows, policy(report_answers, fitted.threshold), "calibrated")
     from tasks.metrics import paired_difference
 
     quoted = [a for a in policy(report_answers, floor) if a.quoted]
@@ -137,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "unanswerable_report": sum(not r["answerable"] for r in report_rows),
         "threshold": answerer.min_support, "ingest_s": round(ingest_s, 1), "answer_s_each": round(answer_s / len(rows), 2),
         "tuning_curve": curve, "chosen_floor": floor,
-        "report": {"abstain": summary(base), f"quote@{floor}": summary(chosen)},
+        "calibrated_floor": dataclasses.asdict(fitted),
+        "report": {"abstain": summary(base), f"quote@{floor}": summary(chosen), f"calibrated@{fitted.threshold:.3f}": summary(product)},
         "difference": {m: paired_difference(chosen[m], base[m]).as_dict() for m in SHOWN},
+        "difference_calibrated": {m: paired_difference(product[m], base[m]).as_dict() for m in SHOWN},
         "quoted_report": len(quoted),
         "quoted_words_median": sorted(len(q.answer.split()) for q in quoted)[len(quoted) // 2] if quoted else None,
         "examples": [{"question": q.question, "quote": q.answer, "similarity": q.grounding[0]["similarity"], "draft": q.draft}
@@ -163,7 +181,11 @@ def markdown(r: dict[str, Any]) -> str:
     for name, m in r["report"].items():
         L.append(f"| {name} | {_e(m['contains'])} | {_e(m['f1'])} | {_e(m['hallucination_rate'])} | "
                  f"{_e(m['abstention_recall'])} | {_e(m['abstention_rate'])} |")
+    c = r["calibrated_floor"]
+    L += ["", f"ragtune's own calibration on the tuning half (`choose_quote_floor`): floor {c['threshold']:.3f}, "
+          f"{'adopted' if c['calibrated'] else 'default kept'}: {c['reason']}."]
     L += ["", "Paired (quote − abstain): " + ", ".join(f"{m} {_d(d)}" for m, d in r["difference"].items()),
+          "", "Paired (calibrated − abstain): " + ", ".join(f"{m} {_d(d)}" for m, d in r["difference_calibrated"].items()),
           "", f"Quoted answers on the report half: {r['quoted_report']} (median {r['quoted_words_median']} words)."]
     return "\n".join(L) + "\n"
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import DATA, RESULTS, bench_home, seed_models, write_config, write_results  # noqa: E402
+from bench.common import DATA, RESULTS, add_answer_args, bench_home, seed_models, write_config, write_results  # noqa: E402
 from bench.quality import (  # noqa: E402
     SHOWN, Stages, _d, _e, per_question, run_eval, split_rows, write_corpus, write_eval_file,
 )
@@ -124,11 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--grad-accum", type=int, default=2)
     p.add_argument("--calibration", type=int, default=24)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--context-tokens", type=int, default=600)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=13)
+    add_answer_args(p)
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     a = p.parse_args(argv)

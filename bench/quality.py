@@ -59,7 +59,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.common import DATA, RESULTS, bench_home, commit, seed_models, write_config, write_results  # noqa: E402
+from bench.common import DATA, RESULTS, add_answer_args, bench_home, commit, seed_models, write_config, write_results  # noqa: E402
 from bench.retrieval import halueval_rows  # noqa: E402
 
 VARIANTS = ("labelled", "synthetic", "both")
@@ -493,11 +493,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--calibration", type=int, default=80,
                    help="evaluation.calibration_limit: training rows the base generator drafts for the threshold; "
                    "the same drafts fit the trained grounding scorer")
-    p.add_argument("--k", type=int, default=4, help="retrieval.k")
-    p.add_argument("--context-tokens", type=int, default=600, help="generator.context_tokens")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="generator.max_new_tokens")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: other work shares the cores)")
-    p.add_argument("--seed", type=int, default=13)
+    add_answer_args(p)
     a = p.parse_args(argv)
     a.canary = None
     if a.quick:
